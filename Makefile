@@ -1,0 +1,38 @@
+# gemmserve: `make run` serves the bundled model, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+MODEL  ?= models/digits
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+DEVICE ?= auto
+
+.PHONY: run test lint bench autotune loadtest clean
+
+$(VENV)/.installed-run: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT) --device $(DEVICE)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m engine.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,62 @@
+"""The CPU backend: NumPy arrays and whatever BLAS NumPy was built against."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+
+from engine.backends.base import Backend
+
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile")
+
+
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    present = set(value.split())
+                    flags = [flag for flag in _ISA_FLAGS if flag in present]
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def _blas_library() -> str:
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # show_config's layout differs across NumPy versions
+        return "unknown"
+
+
+def _blas_threads() -> int:
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    device = "cpu"
+    xp = np
+
+    def fingerprint(self) -> dict:
+        model, flags = _cpu_model_and_flags()
+        return {
+            "device": "cpu",
+            "cpu": model,
+            "isa": flags,
+            "blas": _blas_library(),
+            "threads": _blas_threads(),
+            "numpy": np.__version__,
+        }

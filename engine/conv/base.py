@@ -1,0 +1,57 @@
+"""The interface every convolution algorithm implements (one module per algorithm)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from engine.activations import apply_activation
+from engine.conv.spec import ConvSpec
+
+
+class ConvAlgorithm:
+    """One way to compute a convolution on NHWC float32 tensors.
+
+    Subclasses set ``name`` and implement ``applicable``, ``workspace_elems`` and ``__call__``.
+    An instance is built once per (layer, batch bucket): it re-lays the weights for its own use
+    and then runs without allocating, using the caller's workspace as scratch.
+    """
+
+    name: ClassVar[str] = "base"
+    #: precision of the arithmetic; the tuner only offers what the user allowed.
+    math: ClassVar[str] = "fp32"
+
+    @classmethod
+    def applicable(cls, spec: ConvSpec) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def workspace_elems(cls, spec: ConvSpec) -> int:
+        """float32 elements of scratch space needed per call."""
+        return 0
+
+    def __init__(self, spec: ConvSpec, weight: np.ndarray, bias: np.ndarray | None, backend):
+        self.spec = spec
+        self.backend = backend
+        self.xp = backend.xp
+        bias = np.zeros(spec.k, np.float32) if bias is None else bias
+        self.bias = backend.asarray(np.ascontiguousarray(bias, dtype=np.float32))
+
+    def __call__(self, x, out, workspace) -> None:
+        """x: (N, H, W, C) contiguous; out: (N, OH, OW, K) contiguous; workspace: 1-D float32."""
+        raise NotImplementedError
+
+    def finish(self, out2d) -> None:
+        """Bias and activation, in place on the (rows, K) GEMM output."""
+        out2d += self.bias
+        epi = self.spec.epilogue
+        apply_activation(self.xp, out2d, epi.kind, epi.alpha, epi.beta)
+
+
+def gemm_weights(spec: ConvSpec, weight: np.ndarray) -> np.ndarray:
+    """(K, C/G, R, S) -> (G, R*S*C/G, K/G): the right-hand GEMM operand of each group,
+    rows ordered (r, s, c) like the im2col columns."""
+    g, kg, cg = spec.groups, spec.k_per_group, spec.c_per_group
+    w = weight.reshape(g, kg, cg, spec.r, spec.s).transpose(0, 3, 4, 2, 1)
+    return np.ascontiguousarray(w.reshape(g, spec.r * spec.s * cg, kg), dtype=np.float32)
