@@ -1,0 +1,18 @@
+"""gemmserve's inference engine: ONNX CNNs as im2col + GEMM on NumPy (CPU) or CuPy (GPU)."""
+
+from engine.errors import (
+    DeviceUnavailableError,
+    EngineError,
+    InputShapeError,
+    ModelLoadError,
+    OutOfMemoryError,
+    UnsupportedModelError,
+)
+from engine.model import EngineStats, Model, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load_model", "Model", "EngineStats", "EngineError", "ModelLoadError", "UnsupportedModelError",
+    "InputShapeError", "OutOfMemoryError", "DeviceUnavailableError", "__version__",
+]  # fmt: skip

@@ -33,20 +33,24 @@ class Im2colGemm(ConvAlgorithm):
         self.weights = backend.asarray(gemm_weights(spec, weight))
 
     def __call__(self, x, out, workspace) -> None:
-        spec = self.spec
-        rows = spec.n * spec.out_h * spec.out_w
-        n_cols = cols_elems(spec)
-        cols = workspace[:n_cols]
-        padded = None
-        if spec.has_padding:
-            ph, pw = spec.padded_hw
-            padded = workspace[n_cols : n_cols + padded_elems(spec)].reshape(spec.n, ph, pw, spec.c)
-        windows = (spec.n, spec.out_h, spec.out_w, spec.groups, spec.r, spec.s, spec.c_per_group)
-        self.backend.im2col(x, cols.reshape(windows), spec, padded)
-        cols = cols.reshape(rows, spec.groups, -1)
-        out2d = out.reshape(rows, spec.k)
-        grouped_gemm(self.xp, cols, self.weights, out2d)
+        out2d = out.reshape(-1, self.spec.k)
+        im2col_then_gemm(self.backend, self.spec, x, out2d, self.weights, workspace)
         self.finish(out2d)
+
+
+def im2col_then_gemm(backend, spec: ConvSpec, x, out2d, weights, workspace) -> None:
+    """Gather ``x`` (laid out as ``spec`` says) into columns inside ``workspace``, then GEMM
+    into ``out2d`` (rows, K). No epilogue: callers that split a conv apply it once at the end."""
+    rows = spec.n * spec.out_h * spec.out_w
+    n_cols = cols_elems(spec)
+    cols = workspace[:n_cols]
+    padded = None
+    if spec.has_padding:
+        ph, pw = spec.padded_hw
+        padded = workspace[n_cols : n_cols + padded_elems(spec)].reshape(spec.n, ph, pw, spec.c)
+    windows = (spec.n, spec.out_h, spec.out_w, spec.groups, spec.r, spec.s, spec.c_per_group)
+    backend.im2col(x, cols.reshape(windows), spec, padded)
+    grouped_gemm(backend.xp, cols.reshape(rows, spec.groups, -1), weights, out2d)
 
 
 def grouped_gemm(xp, cols, weights, out2d) -> None:

@@ -1,0 +1,192 @@
+"""The loaded model: graph + backend + one plan per batch bucket."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.autotune import Autotuner
+from engine.backends import NumpyBackend, resolve_backend
+from engine.errors import InputShapeError, OutOfMemoryError
+from engine.graph import Graph
+from engine.onnx import load_graph
+from engine.passes import optimize
+from engine.plan import Plan
+
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_SPATIAL = 224  # for inputs whose H/W are symbolic in the ONNX file
+
+
+@dataclass
+class EngineStats:
+    """Plain numbers about the last call, for whoever keeps metrics."""
+
+    batch: int = 0
+    bucket: int = 0
+    seconds: float = 0.0
+
+
+class Model:
+    """A CNN ready to run: ``model(x)`` on float32 NCHW arrays of any batch size."""
+
+    def __init__(self, graph: Graph, backend, batch_sizes, tuner: Autotuner, name: str):
+        if not graph.inputs or not graph.outputs:
+            raise InputShapeError("the model has no inputs or no outputs")
+        self.graph, self.backend, self.tuner, self.name = graph, backend, tuner, name
+        self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
+        if not self.batch_sizes or self.batch_sizes[0] < 1:
+            raise ValueError(f"batch sizes must be positive, got {batch_sizes}")
+        self.constants = {k: backend.asarray(v) for k, v in graph.constants.items()}
+        first = graph.inputs[0]
+        self.input_name = first.name
+        self.input_shape = tuple(d or DEFAULT_SPATIAL for d in first.shape[1:])
+        self.output_name = graph.outputs[0].name
+        self.plans: dict[tuple, Plan] = {}
+        for bucket in self.batch_sizes:
+            self._plan((bucket, *self.input_shape))
+        self.output_shape = tuple(self._plan((self.batch_sizes[0], *self.input_shape))
+                                  .values[self.graph.outputs[0].name].shape[1:])  # fmt: skip
+        tuner.save()
+        self.last_stats = EngineStats()
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batch_sizes[-1]
+
+    def bucket_for(self, n: int) -> int:
+        """The smallest planned batch size that holds ``n`` images."""
+        for bucket in self.batch_sizes:
+            if bucket >= n:
+                return bucket
+        raise InputShapeError(f"batch {n} exceeds the largest bucket {self.max_batch_size}")
+
+    def _plan(self, shape: tuple) -> Plan:
+        if shape not in self.plans:
+            shapes = {self.input_name: shape}
+            for info in self.graph.inputs[1:]:
+                shapes[info.name] = tuple(d or 1 for d in info.shape)
+            self.plans[shape] = Plan(self.graph, self.backend, shapes, self.tuner, self.constants)
+        return self.plans[shape]
+
+    def _check_input(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise InputShapeError(f"input dtype must be floating point, got {x.dtype}")
+        if x.ndim != 1 + len(self.input_shape) or x.shape[0] < 1:
+            raise InputShapeError(f"input shape {x.shape} is not (N, {self.input_shape})")
+        if x.shape[1:] != self.input_shape:
+            expected = ", ".join(map(str, self.input_shape))
+            raise InputShapeError(f"input shape {x.shape} does not match (N, {expected})")
+        return x.astype(np.float32, copy=False)
+
+    def __call__(self, x) -> np.ndarray:
+        """Run the first graph output for a float32 NCHW batch of any size."""
+        x = self._check_input(x)
+        start = time.perf_counter()
+        chunks = [self._run_bucket(x[i : i + self.max_batch_size])
+                  for i in range(0, len(x), self.max_batch_size)]  # fmt: skip
+        bucket = self.bucket_for(min(len(x), self.max_batch_size))
+        self.last_stats = EngineStats(len(x), bucket, time.perf_counter() - start)
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def _run_bucket(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        plan = self._plan((self.bucket_for(n), *x.shape[1:]))
+        staged = plan.inputs[self.input_name]
+        try:
+            self.backend.copy_to(staged[:n], x)
+            output = plan.execute()[0]
+            return self.backend.to_host(output[:n]).copy()
+        except Exception as error:
+            if self.backend.is_out_of_memory(error):
+                raise OutOfMemoryError(f"out of device memory at batch {n}: {error}") from error
+            raise
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run every graph output for exactly these inputs (no bucketing); plans are cached."""
+        names = [i.name for i in self.graph.inputs]
+        missing = sorted(set(names) - set(feeds))
+        if missing:
+            raise InputShapeError(f"missing inputs: {missing}")
+        key = tuple((n, tuple(np.shape(feeds[n]))) for n in names)
+        if key not in self.plans:
+            shapes = {n: tuple(np.shape(feeds[n])) for n in names}
+            self.plans[key] = Plan(self.graph, self.backend, shapes, self.tuner, self.constants)
+        plan = self.plans[key]
+        for name in names:
+            self.backend.copy_to(
+                plan.inputs[name], np.asarray(feeds[name], plan.inputs[name].dtype)
+            )
+        return [self.backend.to_host(y).copy() for y in plan.execute()]
+
+    def warmup(self) -> list[dict]:
+        """Run each bucket once on random data; returns each bucket's time."""
+        rng = np.random.default_rng(0)
+        stats = []
+        for bucket in self.batch_sizes:
+            x = rng.standard_normal((bucket, *self.input_shape)).astype(np.float32)
+            self(x)
+            stats.append({"bucket": bucket, "seconds": self.last_stats.seconds})
+        return stats
+
+    def info(self) -> dict:
+        """What the model is and how it runs: shapes, device, buckets and each layer's algorithm."""
+        plan = self._plan((self.max_batch_size, *self.input_shape))
+        layers = []
+        for step in plan.steps:
+            node = step.op.ctx.node
+            if node is None:
+                continue
+            choice = getattr(step.op, "choice", None)
+            layers.append({
+                "name": node.name,
+                "op": node.op,
+                "algorithm": choice.algorithm.name if choice else None,
+                "source": choice.source if choice else None,
+            })  # fmt: skip
+        return {
+            "name": self.name,
+            "inputs": [{"name": i.name, "shape": ["N", *self.input_shape], "dtype": "float32"}
+                       for i in self.graph.inputs[:1]],
+            "outputs": [{"name": o.name, "shape": ["N", *self.output_shape], "dtype": "float32"}
+                        for o in self.graph.outputs[:1]],
+            "device": self.device,
+            "backend": self.backend.name,
+            "batch_sizes": list(self.batch_sizes),
+            "opset": self.graph.opset,
+            "layers": layers,
+            "autotune": self.tuner.info(),
+        }  # fmt: skip
+
+
+def load_model(
+    path,
+    device: str = "cpu",
+    batch_sizes=DEFAULT_BATCH_SIZES,
+    autotune_cache=None,
+    autotune_mode: str = "tune-missing",
+    allow_tf32: bool = False,
+    name: str | None = None,
+) -> Model:
+    """Load an ONNX model and plan it for every batch bucket on ``device`` (cpu, cuda or auto)."""
+    backend = resolve_backend(device)
+    graph = load_graph(path)
+    tuner = Autotuner(backend, autotune_cache, autotune_mode, allow_tf32=allow_tf32)
+    optimize(graph, NumpyBackend(), Autotuner(NumpyBackend(), None, "off"))
+    if name is None:
+        name = graph.name if not isinstance(path, str | bytes) else _stem(path)
+    return Model(graph, backend, batch_sizes, tuner, name)
+
+
+def _stem(path) -> str:
+    import os
+
+    if isinstance(path, bytes):
+        return "model"
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]

@@ -1,0 +1,62 @@
+"""The Conv operator: a planned call into the conv algorithm the autotuner chose."""
+
+from __future__ import annotations
+
+from engine.conv import ConvSpec, Epilogue
+from engine.errors import UnsupportedModelError
+from engine.ops.base import NHWC, Op, register
+from engine.ops.window import resolve_pads, spatial_params
+
+
+@register("Conv")
+class Conv(Op):
+    attributes = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
+                  "pads": None, "strides": None}  # fmt: skip
+    layout = NHWC
+    #: set by the fusion pass: an Epilogue folded in from a following activation
+    EPILOGUE_ATTR = "_epilogue"
+
+    @classmethod
+    def check(cls, node, opset):
+        problems = super().check(node, opset)
+        kernel = node.attrs.get("kernel_shape")
+        if kernel is not None and len(kernel) != 2:
+            problems.append(f"{node.name} (Conv): {len(kernel)}-D convolution (only 2-D)")
+        return problems
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.spec = conv_spec(ctx)
+        weight, bias = ctx.const(1), ctx.const(2) if ctx.has_input(2) else None
+        self.choice = ctx.tuner.choose(self.spec, weight, bias)
+        self.algorithm = self.choice.algorithm
+        s = self.spec
+        self.set_output((s.n, s.k, s.out_h, s.out_w), ctx.in_dtypes[0], NHWC)
+        self.workspace = None  # bound by the planner
+
+    @property
+    def workspace_elems(self) -> int:
+        return type(self.algorithm).workspace_elems(self.spec)
+
+    def run(self, ins, outs):
+        self.algorithm(ins[0], outs[0], self.workspace)
+        return outs
+
+
+def conv_spec(ctx) -> ConvSpec:
+    node = ctx.node
+    x_shape, w = ctx.in_shapes[0], ctx.const(1)
+    if w is None or (ctx.has_input(2) and ctx.const(2) is None):
+        raise UnsupportedModelError([f"{node.name} (Conv): weights and bias must be constants"])
+    if len(x_shape) != 4 or w.ndim != 4:
+        raise UnsupportedModelError([f"{node.name} (Conv): input {x_shape} is not 2-D NCHW"])
+    n, c, h, width = x_shape
+    k, cg, r, s = w.shape
+    groups = int(node.attrs.get("group", 1))
+    if cg * groups != c or k % groups:
+        problem = f"{node.name} (Conv): weights {w.shape} do not fit {x_shape}, group={groups}"
+        raise UnsupportedModelError([problem])
+    strides, dilations = spatial_params(node, (r, s))
+    pads = resolve_pads(node, (h, width), (r, s), strides, dilations)
+    epilogue = node.attrs.get(Conv.EPILOGUE_ATTR) or Epilogue()
+    return ConvSpec(n, c, h, width, k, r, s, pads, strides, dilations, groups, epilogue=epilogue)

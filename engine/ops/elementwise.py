@@ -1,0 +1,188 @@
+"""Element-wise operators: activations, broadcasting arithmetic, PRelu, standalone BatchNorm."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.activations import apply_activation
+from engine.errors import ModelLoadError, UnsupportedModelError
+from engine.ops.base import NHWC, PLAIN, Op, as_nhwc_view, register
+
+ACTIVATION_ATTRS = {
+    "Relu": ("relu", {}),
+    "Sigmoid": ("sigmoid", {}),
+    "Tanh": ("tanh", {}),
+    "HardSwish": ("hard_swish", {}),
+    "LeakyRelu": ("leaky_relu", {"alpha": 0.01}),
+    "HardSigmoid": ("hard_sigmoid", {"alpha": 0.2, "beta": 0.5}),
+    "Clip": (
+        "clip",
+        {"min": float(np.finfo(np.float32).min), "max": float(np.finfo(np.float32).max)},
+    ),
+}
+
+
+def activation_params(node, constants) -> tuple[str, float, float] | None:
+    """(kind, alpha, beta) of an activation node, or None when it cannot be fused
+    (Clip whose bounds are computed at run time)."""
+    kind, defaults = ACTIVATION_ATTRS[node.op]
+    attrs = {**defaults, **node.attrs}
+    if node.op == "LeakyRelu":
+        return kind, float(attrs["alpha"]), 0.0
+    if node.op == "HardSigmoid":
+        return kind, float(attrs["alpha"]), float(attrs["beta"])
+    if node.op == "Clip":
+        bounds = [float(attrs["min"]), float(attrs["max"])]
+        for slot, name in ((0, 1), (1, 2)):
+            if len(node.inputs) > name and node.inputs[name]:
+                if node.inputs[name] not in constants:
+                    return None
+                bounds[slot] = float(constants[node.inputs[name]])
+        return kind, bounds[0], bounds[1]
+    return kind, 0.0, 0.0
+
+
+class _Elementwise(Op):
+    layout = "follow"
+
+    def output_layout(self) -> str:
+        return NHWC if NHWC in self.ctx.in_layouts else PLAIN
+
+    def operand(self, index: int, ins):
+        """Input ``index`` as an array broadcastable in the output's storage layout."""
+        value = ins[index]
+        if self.output_layout() == NHWC:
+            return as_nhwc_view(self.xp, value, self.ctx.in_layouts[index])
+        return value
+
+
+@register("Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "HardSigmoid", "Clip")
+class Activation(_Elementwise):
+    attributes = {"alpha": None, "beta": None, "min": None, "max": None}
+
+    @classmethod
+    def check(cls, node, opset):
+        allowed = set(ACTIVATION_ATTRS[node.op][1])
+        unknown = sorted(set(node.attrs) - allowed)
+        return [f"{node.name} ({node.op}): unsupported attribute {a!r}" for a in unknown]
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        constants = {n: c for n, c in zip(ctx.node.inputs, ctx.constants) if c is not None}
+        self.params = activation_params(ctx.node, constants)
+        self.set_output(ctx.in_shapes[0], ctx.in_dtypes[0], ctx.in_layouts[0])
+
+    def run(self, ins, outs):
+        out = outs[0]
+        out[...] = ins[0]
+        if self.params is None:  # Clip with run-time bounds
+            low = ins[1] if len(ins) > 1 and ins[1] is not None else -np.inf
+            high = ins[2] if len(ins) > 2 and ins[2] is not None else np.inf
+            self.xp.clip(out, low, high, out=out)
+        else:
+            apply_activation(self.xp, out, *self.params)
+        return outs
+
+
+BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Sum": "add",
+          "Max": "maximum", "Min": "minimum", "Pow": "power"}  # fmt: skip
+
+
+def broadcast_shapes(shapes, node) -> tuple:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError as error:
+        raise ModelLoadError(f"{node.name} ({node.op}): cannot broadcast {shapes}") from error
+
+
+@register(*BINARY)
+class Binary(_Elementwise):
+    """Add/Sub/Mul/Div/Max/Min/Pow and n-ary Sum with NumPy broadcasting."""
+
+    @classmethod
+    def check(cls, node, opset):
+        problems = super().check(node, opset)
+        if node.op in ("Add", "Sub", "Mul", "Div") and node.attrs.get("broadcast"):
+            problems = [f"{node.name} ({node.op}): legacy 'broadcast' attribute"]
+        return problems
+
+    @classmethod
+    def nhwc_ok(cls, ctx):
+        return len(broadcast_shapes(ctx.in_shapes, ctx.node)) == 4 and all(
+            len(s) <= 4 for s in ctx.in_shapes
+        )
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.ufunc = getattr(self.xp, BINARY[ctx.node.op])
+        shape = broadcast_shapes(ctx.in_shapes, ctx.node)
+        dtype = np.result_type(*ctx.in_dtypes)
+        self.set_output(shape, dtype, self.output_layout())
+
+    def run(self, ins, outs):
+        out = outs[0]
+        self.ufunc(self.operand(0, ins), self.operand(1, ins) if len(ins) > 1 else 0, out=out)
+        for index in range(2, len(ins)):
+            self.ufunc(out, self.operand(index, ins), out=out)
+        return outs
+
+
+@register("PRelu")
+class PRelu(_Elementwise):
+    @classmethod
+    def nhwc_ok(cls, ctx):
+        return len(ctx.in_shapes[1]) <= 4
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        shape = broadcast_shapes(ctx.in_shapes, ctx.node)
+        if shape != ctx.in_shapes[0]:
+            raise ModelLoadError(f"{ctx.node.name} (PRelu): slope {ctx.in_shapes[1]} too large")
+        self.set_output(shape, ctx.in_dtypes[0], self.output_layout())
+
+    def run(self, ins, outs):
+        x, slope, out = ins[0], self.operand(1, ins), outs[0]
+        self.xp.multiply(x, slope, out=out)
+        self.xp.copyto(out, x, where=x >= 0)
+        return outs
+
+
+@register("BatchNormalization")
+class BatchNorm(_Elementwise):
+    """Inference BatchNorm as a per-channel scale and shift (when no conv absorbed it)."""
+
+    attributes = {"epsilon": 1e-5, "momentum": 0.9, "spatial": 1, "training_mode": 0,
+                  "is_test": 1}  # fmt: skip
+
+    @classmethod
+    def check(cls, node, opset):
+        problems = super().check(node, opset)
+        if node.attrs.get("training_mode", 0) or not node.attrs.get("spatial", 1):
+            problems.append(f"{node.name} (BatchNormalization): training_mode or spatial=0")
+        if any(node.outputs[1:]):
+            problems.append(f"{node.name} (BatchNormalization): running-statistics outputs")
+        return problems
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        params = [ctx.const(i) for i in range(1, 5)]
+        if any(p is None for p in params):
+            raise UnsupportedModelError([f"{ctx.node.name}: BatchNorm parameters must be constant"])
+        scale, shift = bn_scale_shift(*params, float(self.attr("epsilon")))
+        rank = len(ctx.in_shapes[0])
+        shape = (-1,) if self.output_layout() == NHWC else (-1,) + (1,) * (rank - 2)
+        self.scale = ctx.backend.asarray(scale.reshape(shape))
+        self.shift = ctx.backend.asarray(shift.reshape(shape))
+        self.set_output(ctx.in_shapes[0], ctx.in_dtypes[0], self.output_layout())
+
+    def run(self, ins, outs):
+        self.xp.multiply(ins[0], self.scale, out=outs[0])
+        outs[0] += self.shift
+        return outs
+
+
+def bn_scale_shift(gamma, beta, mean, var, epsilon) -> tuple[np.ndarray, np.ndarray]:
+    """y = x * scale + shift, computed in float64 then rounded once."""
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + epsilon)
+    shift = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+    return scale.astype(np.float32), shift.astype(np.float32)

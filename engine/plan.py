@@ -1,0 +1,176 @@
+"""A plan: the graph specialised to fixed input shapes, with every buffer allocated up front.
+
+Planning decides each value's storage layout (NHWC for 4-D activations between layout-aware ops),
+inserts the layout copies where layouts meet, builds each op for its shapes (conv algorithms are
+chosen here), and packs buffers into reusable slots by lifetime. ``execute`` then only calls ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.graph import Graph
+from engine.ops import NHWC, PLAIN, REGISTRY, LayoutConvert, Op, OpContext
+from engine.ops.base import physical_shape
+
+
+@dataclass
+class Step:
+    op: Op
+    inputs: list[str]
+    outputs: list[str]
+    buffers: list = field(default_factory=list)
+
+
+@dataclass
+class _Value:
+    shape: tuple
+    dtype: np.dtype
+    layout: str = PLAIN
+    root: str = ""  # the value whose storage this one views
+
+
+_NONE = _Value((), np.dtype(np.float32))
+
+
+class Plan:
+    """The graph specialised to ``input_shapes``; ``execute`` runs it without allocating."""
+
+    def __init__(self, graph: Graph, backend, input_shapes: dict[str, tuple], tuner, constants):
+        self.graph, self.backend, self.tuner = graph, backend, tuner
+        self.constants = constants  # name -> device array, shared by all plans of a model
+        self.values: dict[str, _Value] = {}
+        self.steps: list[Step] = []
+        self._converted: dict[tuple[str, str], str] = {}
+        for info in graph.inputs:
+            shape = tuple(input_shapes[info.name])
+            self.values[info.name] = _Value(shape, np.dtype(info.dtype), PLAIN, info.name)
+        for node in graph.nodes:
+            self._add_node(node)
+        self.outputs = [self._convert(o.name, PLAIN) for o in graph.outputs]
+        self.inputs = {}
+        for info in graph.inputs:
+            value = self.values[info.name]
+            self.inputs[info.name] = backend.empty(shape_of(value), value.dtype)
+        self._allocate()
+
+    # planning -------------------------------------------------------------------------------
+    def _context(self, node, names) -> OpContext:
+        consts = [self.graph.constants.get(n) if n else None for n in names]
+        values = [
+            self.values.get(n) or (_Value(tuple(c.shape), c.dtype) if c is not None else _NONE)
+            for n, c in zip(names, consts)
+        ]
+        return OpContext(node, self.graph.opset, self.backend, [v.shape for v in values],
+                         [v.dtype for v in values], [v.layout for v in values], consts,
+                         self.tuner)  # fmt: skip
+
+    def _add_node(self, node) -> None:
+        cls = REGISTRY[node.op]
+        ctx = self._context(node, node.inputs)
+        want = NHWC if cls.wants_nhwc(ctx) else PLAIN
+        names = []
+        for index, name in enumerate(node.inputs):
+            value = self.values.get(name)
+            needs = want if value is not None and len(value.shape) == 4 else PLAIN
+            if cls.layout == NHWC and index > 0:
+                needs = PLAIN
+            names.append(self._convert(name, needs) if value is not None else name)
+        op = cls(self._context(node, names))
+        self._record(op, names, node.outputs)
+
+    def _record(self, op: Op, inputs: list[str], outputs: list[str]) -> None:
+        for index, name in enumerate(outputs):
+            if not name:
+                continue
+            root = name if op.allocates else self.values[inputs[0]].root
+            self.values[name] = _Value(op.out_shapes[index], op.out_dtypes[index],
+                                       op.out_layouts[index], root)  # fmt: skip
+        self.steps.append(Step(op, inputs, outputs))
+
+    def _convert(self, name: str, layout: str) -> str:
+        """The name of ``name`` stored in ``layout``, adding a copy step the first time."""
+        value = self.values[name]
+        if value.layout == layout or len(value.shape) != 4:
+            return name
+        key = (name, layout)
+        if key not in self._converted:
+            new = f"{name}@{layout}"
+            ctx = self._context(None, [name])
+            self._record(LayoutConvert(ctx, layout), [name], [new])
+            self._converted[key] = new
+        return self._converted[key]
+
+    # buffers --------------------------------------------------------------------------------
+    def _last_uses(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for index, step in enumerate(self.steps):
+            for name in step.inputs:
+                if name in self.values:
+                    last[self.values[name].root] = index
+        for name in self.outputs:
+            last[self.values[name].root] = len(self.steps)
+        return last
+
+    def _allocate(self) -> None:
+        """Give each allocated value a slot whose previous tenant is dead; size slots to fit."""
+        last = self._last_uses()
+        slots: list[int] = []  # bytes
+        free_after: list[int] = []
+        assignment: dict[str, int] = {}
+        for index, step in enumerate(self.steps):
+            if not step.op.allocates:
+                continue
+            for name in step.outputs:
+                if not name:
+                    continue
+                need = nbytes(self.values[name])
+                idle = [s for s in range(len(slots)) if free_after[s] < index]
+                fits = [s for s in idle if slots[s] >= need]
+                slot = min(fits, key=slots.__getitem__) if fits else (
+                    max(idle, key=slots.__getitem__) if idle else None)  # fmt: skip
+                if slot is None:
+                    slots.append(0)
+                    free_after.append(0)
+                    slot = len(slots) - 1
+                slots[slot] = max(slots[slot], need)
+                free_after[slot] = last.get(name, index)
+                assignment[name] = slot
+        arena = [self.backend.empty((size,), np.uint8) for size in slots]
+        self.bytes_planned = sum(slots)
+        for step in self.steps:
+            if step.op.allocates:
+                step.buffers = [self._view(arena[assignment[n]], self.values[n]) if n else None
+                                for n in step.outputs]  # fmt: skip
+        workspace = max((getattr(s.op, "workspace_elems", 0) for s in self.steps), default=0)
+        self.workspace = self.backend.empty((max(workspace, 1),), np.float32)
+        for step in self.steps:
+            if hasattr(step.op, "workspace"):
+                step.op.workspace = self.workspace
+
+    @staticmethod
+    def _view(slot, value: _Value):
+        return slot[: nbytes(value)].view(value.dtype).reshape(shape_of(value))
+
+    # running --------------------------------------------------------------------------------
+    def execute(self) -> list:
+        """Run every step on the staged inputs; returns the device arrays of the graph outputs."""
+        env = dict(self.constants)
+        env.update(self.inputs)
+        for step in self.steps:
+            ins = [env[name] if name else None for name in step.inputs]
+            env.update(zip(step.outputs, step.op.run(ins, step.buffers)))
+        return [env[name] for name in self.outputs]
+
+    def conv_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.op.ctx.node is not None and s.op.ctx.node.op == "Conv"]
+
+
+def shape_of(value: _Value) -> tuple:
+    return physical_shape(value.shape, value.layout)
+
+
+def nbytes(value: _Value) -> int:
+    return int(np.prod(value.shape, dtype=np.int64)) * value.dtype.itemsize
