@@ -13,7 +13,7 @@ from engine.errors import InputShapeError, OutOfMemoryError
 from engine.graph import Graph
 from engine.onnx import load_graph
 from engine.passes import optimize
-from engine.plan import Plan
+from engine.plan import Arena, Plan
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_SPATIAL = 224  # for inputs whose H/W are symbolic in the ONNX file
@@ -45,8 +45,11 @@ class Model:
         self.output_name = graph.outputs[0].name
         self.plans: dict[tuple, Plan] = {}
         for bucket in self.batch_sizes:
-            self._plan((bucket, *self.input_shape))
-        self.output_shape = tuple(self._plan((self.batch_sizes[0], *self.input_shape))
+            self._plan((bucket, *self.input_shape), bind=False)
+        self.arena = Arena(backend, list(self.plans.values()))
+        for plan in self.plans.values():
+            plan.bind(self.arena)
+        self.output_shape = tuple(self.plans[(self.batch_sizes[0], *self.input_shape)]
                                   .values[self.graph.outputs[0].name].shape[1:])  # fmt: skip
         tuner.save()
         self.last_stats = EngineStats()
@@ -66,13 +69,21 @@ class Model:
                 return bucket
         raise InputShapeError(f"batch {n} exceeds the largest bucket {self.max_batch_size}")
 
-    def _plan(self, shape: tuple) -> Plan:
+    def _plan(self, shape: tuple, bind: bool = True) -> Plan:
         if shape not in self.plans:
             shapes = {self.input_name: shape}
             for info in self.graph.inputs[1:]:
                 shapes[info.name] = tuple(d or 1 for d in info.shape)
-            self.plans[shape] = Plan(self.graph, self.backend, shapes, self.tuner, self.constants)
+            self._add_plan(shape, shapes, bind)
         return self.plans[shape]
+
+    def _add_plan(self, key, shapes: dict, bind: bool = True) -> Plan:
+        """Plan for new shapes; lay it on the shared arena when it fits, else on its own."""
+        plan = Plan(self.graph, self.backend, shapes, self.tuner, self.constants)
+        if bind:
+            plan.bind(self.arena if self.arena.fits(plan) else Arena(self.backend, [plan]))
+        self.plans[key] = plan
+        return plan
 
     def _check_input(self, x) -> np.ndarray:
         x = np.asarray(x)
@@ -116,8 +127,7 @@ class Model:
             raise InputShapeError(f"missing inputs: {missing}")
         key = tuple((n, tuple(np.shape(feeds[n]))) for n in names)
         if key not in self.plans:
-            shapes = {n: tuple(np.shape(feeds[n])) for n in names}
-            self.plans[key] = Plan(self.graph, self.backend, shapes, self.tuner, self.constants)
+            self._add_plan(key, {n: tuple(np.shape(feeds[n])) for n in names})
         plan = self.plans[key]
         for name in names:
             self.backend.copy_to(

@@ -115,17 +115,19 @@ class Plan:
         return last
 
     def _allocate(self) -> None:
-        """Give each allocated value a slot whose previous tenant is dead; size slots to fit."""
+        """Give each allocated value a slot whose previous tenant is dead; size slots to fit.
+
+        Only sizes are decided here: ``bind`` lays the plan onto an Arena, which every plan of a
+        model shares (one engine thread runs one plan at a time).
+        """
         last = self._last_uses()
         slots: list[int] = []  # bytes
         free_after: list[int] = []
-        assignment: dict[str, int] = {}
+        self.assignment: dict[str, int] = {}
         for index, step in enumerate(self.steps):
             if not step.op.allocates:
                 continue
-            for name in step.outputs:
-                if not name:
-                    continue
+            for name in filter(None, step.outputs):
                 need = nbytes(self.values[name])
                 idle = [s for s in range(len(slots)) if free_after[s] < index]
                 fits = [s for s in idle if slots[s] >= need]
@@ -137,18 +139,19 @@ class Plan:
                     slot = len(slots) - 1
                 slots[slot] = max(slots[slot], need)
                 free_after[slot] = last.get(name, index)
-                assignment[name] = slot
-        arena = [self.backend.empty((size,), np.uint8) for size in slots]
-        self.bytes_planned = sum(slots)
+                self.assignment[name] = slot
+        self.slot_bytes = slots
+        self.workspace_bytes = max((getattr(s.op, "workspace_bytes", 0) for s in self.steps),
+                                   default=0)  # fmt: skip
+
+    def bind(self, arena: Arena) -> None:
+        """Point every step's output buffers and scratch space into ``arena``."""
         for step in self.steps:
             if step.op.allocates:
-                step.buffers = [self._view(arena[assignment[n]], self.values[n]) if n else None
-                                for n in step.outputs]  # fmt: skip
-        workspace = max((getattr(s.op, "workspace_elems", 0) for s in self.steps), default=0)
-        self.workspace = self.backend.empty((max(workspace, 1),), np.float32)
-        for step in self.steps:
+                step.buffers = [self._view(arena.slots[self.assignment[n]], self.values[n])
+                                if n else None for n in step.outputs]  # fmt: skip
             if hasattr(step.op, "workspace"):
-                step.op.workspace = self.workspace
+                step.op.workspace = arena.workspace
 
     @staticmethod
     def _view(slot, value: _Value):
@@ -166,6 +169,34 @@ class Plan:
 
     def conv_steps(self) -> list[Step]:
         return [s for s in self.steps if s.op.ctx.node is not None and s.op.ctx.node.op == "Conv"]
+
+
+class Arena:
+    """Slot buffers and one scratch workspace, sized for the largest of the plans laid on it."""
+
+    def __init__(self, backend, plans: list[Plan]):
+        count = max((len(p.slot_bytes) for p in plans), default=0)
+        self.slot_bytes = [max((p.slot_bytes[i] for p in plans if i < len(p.slot_bytes)),
+                               default=0) for i in range(count)]  # fmt: skip
+        self.workspace_bytes = max((p.workspace_bytes for p in plans), default=0)
+        self.slots = [backend.empty((size,), np.uint8) for size in self.slot_bytes]
+        # a multiple of 64 bytes, so that any dtype can view it
+        self.workspace = backend.empty((_round_up(max(self.workspace_bytes, 1), 64),), np.uint8)
+
+    def fits(self, plan: Plan) -> bool:
+        return (
+            len(plan.slot_bytes) <= len(self.slot_bytes)
+            and all(need <= have for need, have in zip(plan.slot_bytes, self.slot_bytes))
+            and plan.workspace_bytes <= self.workspace_bytes
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.slot_bytes) + self.workspace_bytes
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def shape_of(value: _Value) -> tuple:

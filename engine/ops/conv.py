@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine.conv import ConvSpec, Epilogue
 from engine.errors import UnsupportedModelError
 from engine.ops.base import NHWC, Op, register
@@ -35,11 +37,11 @@ class Conv(Op):
         self.workspace = None  # bound by the planner
 
     @property
-    def workspace_elems(self) -> int:
-        return type(self.algorithm).workspace_elems(self.spec)
+    def workspace_bytes(self) -> int:
+        return 4 * type(self.algorithm).workspace_elems(self.spec)
 
     def run(self, ins, outs):
-        self.algorithm(ins[0], outs[0], self.workspace)
+        self.algorithm(ins[0], outs[0], self.workspace.view(np.float32))
         return outs
 
 

@@ -49,11 +49,17 @@ class _Pool(Op):
             )
         ]  # fmt: skip
         self.full_pads = (top, left, bottom + extra[0], right + extra[1])
-        self.padded = None
+        self.padded_shape = None
+        self.workspace = None  # bound by the planner: holds the padded input
         if any(self.full_pads):
-            padded_shape = (n, h + top + bottom + extra[0], w + left + right + extra[1], c)
-            self.padded = ctx.backend.empty(padded_shape, ctx.in_dtypes[0])
+            self.padded_shape = (n, h + top + bottom + extra[0], w + left + right + extra[1], c)
         self.set_output((n, c, *self.out_hw), ctx.in_dtypes[0], NHWC)
+
+    @property
+    def workspace_bytes(self) -> int:
+        if self.padded_shape is None:
+            return 0
+        return int(np.prod(self.padded_shape)) * self.ctx.in_dtypes[0].itemsize
 
     def taps(self, x):
         """A strided (N, OH, OW, C) view of x for each kernel tap."""
@@ -65,9 +71,11 @@ class _Pool(Op):
                         j * dw : j * dw + sw * (ow - 1) + 1 : sw]  # fmt: skip
 
     def pooled(self, x, out, combine) -> None:
-        if self.padded is not None:
-            pad_into(self.padded, x, self.full_pads, self.fill)
-            x = self.padded
+        if self.padded_shape is not None:
+            size = int(np.prod(self.padded_shape))
+            padded = self.workspace.view(x.dtype)[:size].reshape(self.padded_shape)
+            pad_into(padded, x, self.full_pads, self.fill)
+            x = padded
         taps = self.taps(x)
         out[...] = next(taps)
         for tap in taps:
