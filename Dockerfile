@@ -47,6 +47,7 @@ RUN extras=""; if [ "$VARIANT" = "gpu" ]; then extras="[gpu]"; fi \
 
 # --- runtime ------------------------------------------------------------------------------
 
+# DL3006: as above.
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS runtime
 ARG VARIANT
