@@ -1,0 +1,44 @@
+"""``create_app(settings)``: the FastAPI application. Nothing is loaded at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.config import Settings
+from service.errors import install_handlers
+from service.middleware import BodyLimit, RequestMetrics
+from service.routes import health, kserve, metrics, predict
+from service.runtime import ModelFactory, Runtime
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the engine thread (load, warm-up, self-test run in the background); drain on exit."""
+    rt: Runtime = app.state.runtime
+    rt.start()
+    try:
+        yield
+    finally:
+        await rt.stop()
+
+
+def create_app(settings: Settings, model_factory: ModelFactory | None = None) -> FastAPI:
+    """Build the app. ``model_factory(settings)`` returns the model (default: the engine's)."""
+    app = FastAPI(
+        title="gemmserve",
+        version=__version__,
+        description="Image inference with dynamic batching; KServe v2 REST under /v2.",
+        lifespan=lifespan,
+    )
+    rt = Runtime(settings, model_factory)
+    app.state.runtime = rt
+    install_handlers(app)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=rt.metrics)  # outermost: sees every status
+    for router in (health.router, predict.router, kserve.router, metrics.router):
+        app.include_router(router)
+    return app

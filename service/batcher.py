@@ -1,0 +1,262 @@
+"""Dynamic batching: a bounded queue in front of the one thread that owns the engine.
+
+Knows nothing of HTTP. Requests queue single images with a deadline; the engine thread takes
+everything queued (up to ``max_batch_size``) as one batch. When the engine was idle a request
+starts at once; only under load does it wait up to ``max_delay_ms`` for a fuller batch. A failing
+batch is split in halves and retried, so only the culprit fails; every accepted image is answered
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, NotReadyError, QueueFullError
+
+log = logging.getLogger("gemmserve.batcher")
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """One engine call: how many images ran, how long they waited and how long the engine took."""
+
+    size: int
+    queue_wait_s: tuple[float, ...]
+    inference_s: float
+
+
+class Observer(Protocol):
+    """Receives plain stats from the engine thread (the metrics module implements it)."""
+
+    def on_batch(self, stats: BatchStats) -> None: ...
+
+    def on_reject(self, reason: str, count: int) -> None: ...
+
+    def on_split(self, reason: str) -> None: ...
+
+
+class NullObserver:
+    """Discards every stat."""
+
+    def on_batch(self, stats: BatchStats) -> None:
+        pass
+
+    def on_reject(self, reason: str, count: int) -> None:
+        pass
+
+    def on_split(self, reason: str) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Item:
+    x: np.ndarray
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+    # Set from the event loop when nobody waits any more; read by the engine thread.
+    abandoned: bool = False
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+class Batcher:
+    """Owns the engine thread. ``setup`` runs on that thread and returns the batch function."""
+
+    def __init__(
+        self,
+        setup: Callable[[], Callable[[np.ndarray], np.ndarray]],
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        max_delay_ms: float = 0.0,
+        retry_after_s: int = 1,
+        observer: Observer | None = None,
+    ):
+        self._setup = setup
+        self._run_fn: Callable[[np.ndarray], np.ndarray] | None = None
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self._max_delay_s = max_delay_ms / 1000.0
+        self._retry_after_s = retry_after_s
+        self._observer: Observer = observer or NullObserver()
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def depth(self) -> int:
+        """Images waiting in the queue (not counting the batch being run)."""
+        return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing running."""
+        return not self._queue and not self._busy
+
+    def start(self) -> asyncio.Future:
+        """Start the engine thread; the future resolves with ``setup()``'s result (or its error)."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._main, args=(loop, ready), name="gemmserve-engine", daemon=True
+        )
+        self._thread.start()
+        return ready
+
+    async def infer(self, batch: np.ndarray, deadline: float) -> np.ndarray:
+        """Run each image of ``batch`` (N, ...) and return the outputs stacked in order.
+
+        Admission is all or nothing: a request that does not fit the queue is refused whole.
+        ``deadline`` is a ``time.monotonic()`` instant.
+        """
+        loop = asyncio.get_running_loop()
+        items = [_Item(x, deadline, loop, loop.create_future()) for x in batch]
+        self._admit(items)
+        try:
+            remaining_s = max(deadline - time.monotonic(), 0.0)
+            outputs = await asyncio.wait_for(
+                asyncio.gather(*(item.future for item in items)), remaining_s
+            )
+        except TimeoutError:
+            message = f"no answer within the deadline ({len(items)} image(s))"
+            raise DeadlineExceeded(message) from None
+        finally:
+            for item in items:
+                item.abandoned = True
+        return np.stack(outputs)
+
+    def _admit(self, items: list[_Item]) -> None:
+        with self._cond:
+            if self._closed:
+                raise NotReadyError("server is shutting down", self._retry_after_s)
+            if len(self._queue) + len(items) > self.max_queue:
+                self._observer.on_reject("queue_full", len(items))
+                raise QueueFullError(
+                    f"queue full ({len(self._queue)} of {self.max_queue} images waiting)",
+                    self._retry_after_s,
+                )
+            self._queue.extend(items)
+            self._cond.notify()
+
+    def close(self, timeout_s: float) -> None:
+        """Refuse new work, let the engine thread finish what is queued, then fail any leftovers."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        with self._cond:
+            leftovers = list(self._queue)
+            self._queue.clear()
+        self._fail(leftovers, NotReadyError("server shut down before this ran"), "shutdown")
+
+    # ---- engine thread -------------------------------------------------------------------------
+
+    def _main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
+        try:
+            self._run_fn = self._setup()
+        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which reports it
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        loop.call_soon_threadsafe(_settle, ready, self._run_fn, None)
+        while (batch := self._next_batch()) is not None:
+            self._run(batch)
+            with self._cond:
+                self._busy = False
+
+    def _next_batch(self) -> list[_Item] | None:
+        with self._cond:
+            waited = False
+            while not self._queue:
+                if self._closed:
+                    return None
+                waited = True
+                self._cond.wait()
+            if not waited and self._max_delay_s > 0:
+                self._gather_more()
+            count = min(len(self._queue), self.max_batch_size)
+            taken = [self._queue.popleft() for _ in range(count)]
+            self._busy = True
+        return taken
+
+    def _gather_more(self) -> None:
+        """Under load (the queue was not empty when the engine came back): wait for a fuller batch,
+        but never past the oldest request's deadline. Called with the lock held."""
+        end = min(time.monotonic() + self._max_delay_s, self._queue[0].deadline)
+        while len(self._queue) < self.max_batch_size and not self._closed:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _live(self, items: list[_Item]) -> list[_Item]:
+        """Drop abandoned items (cost no engine time) and fail expired ones before they run."""
+        now = time.monotonic()
+        abandoned = [i for i in items if i.abandoned]
+        expired = [i for i in items if not i.abandoned and i.deadline <= now]
+        if abandoned:
+            self._observer.on_reject("cancelled", len(abandoned))
+        self._fail(expired, DeadlineExceeded("deadline passed while queued"), "deadline")
+        return [i for i in items if not i.abandoned and i.deadline > now]
+
+    def _run(self, items: list[_Item]) -> None:
+        items = self._live(items)
+        if not items:
+            return
+        x = np.stack([item.x for item in items])
+        started = time.monotonic()
+        try:
+            y = self._run_fn(x)
+            if len(y) != len(items):
+                raise InferenceFailed(f"engine returned {len(y)} rows for a batch of {len(items)}")
+        except Exception as exc:  # noqa: BLE001 - split to find the culprit; it gets the error
+            self._on_failure(items, exc)
+            return
+        elapsed = time.monotonic() - started
+        waits = tuple(started - item.enqueued for item in items)
+        self._observer.on_batch(BatchStats(len(items), waits, elapsed))
+        for item, row in zip(items, y, strict=True):
+            # Copy: the engine may reuse its output buffer on the next call.
+            item.loop.call_soon_threadsafe(_settle, item.future, np.array(row, copy=True), None)
+
+    def _on_failure(self, items: list[_Item], exc: Exception) -> None:
+        if len(items) == 1:
+            self._fail(items, exc, None)
+            return
+        reason = "oom" if getattr(exc, "recoverable", False) else "error"
+        log.warning("batch of %d failed (%s: %s); splitting", len(items), type(exc).__name__, exc)
+        self._observer.on_split(reason)
+        half = len(items) // 2
+        self._run(items[:half])
+        self._run(items[half:])
+
+    def _fail(self, items: list[_Item], exc: BaseException, reason: str | None) -> None:
+        if not items:
+            return
+        if reason:
+            self._observer.on_reject(reason, len(items))
+        for item in items:
+            # A closed loop (RuntimeError) means nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                item.loop.call_soon_threadsafe(_settle, item.future, None, exc)

@@ -1,0 +1,101 @@
+"""Service settings: one ``Settings``, read from flags and ``GEMMSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``"1,2,4"`` as well as a list (env vars and flags arrive as text)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Invalid values fail at start-up, never mid-request."""
+
+    model_config = SettingsConfigDict(env_prefix="GEMMSERVE_", extra="forbid", frozen=True)
+
+    # The contract of DESIGN.md: each also a `--flag`.
+    model: Path = Field(description="ONNX file, or a directory with model.onnx and model.json")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_sizes: Annotated[tuple[int, ...], NoDecode] = (1, 2, 4, 8, 16, 32)
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    max_queue: int = Field(1024, ge=1, le=1_000_000)
+    timeout_ms: float = Field(5000.0, gt=0, le=3_600_000)
+    autotune_cache: Path | None = None
+    autotune_mode: Literal["off", "readonly", "tune-missing", "force"] = "tune-missing"
+
+    # Limits (RELIABILITY.md "Defaults to ship").
+    max_body_bytes: int = Field(16 * MIB, ge=1024)
+    max_image_pixels: int = Field(25_000_000, ge=1, le=89_000_000)  # below Pillow's bomb limit
+    allowed_formats: Annotated[tuple[str, ...], NoDecode] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+    max_images_per_request: int = Field(64, ge=1, le=4096)
+    multipart_max_files: int = Field(64, ge=1)
+    multipart_max_fields: int = Field(16, ge=0)
+    multipart_max_headers: int = Field(16, ge=1)
+    max_concurrency: int = Field(2048, ge=1)
+    keep_alive_s: float = Field(5.0, gt=0)
+    graceful_shutdown_s: float = Field(30.0, gt=0)
+    decode_threads: int = Field(4, ge=1, le=256)
+    top_k: int = Field(5, ge=1)
+    retry_after_s: int = Field(1, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("batch_sizes", mode="before")
+    @classmethod
+    def _parse_batch_sizes(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _check_batch_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 1:
+            raise ValueError(f"batch sizes must be positive integers, got {value}")
+        return tuple(sorted(set(value)))
+
+    @field_validator("allowed_formats", mode="before")
+    @classmethod
+    def _parse_formats(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list | tuple):
+            return tuple(str(item).upper() for item in value)
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(f"model path {str(value)!r} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> Settings:
+        if self.max_batch_size > max(self.batch_sizes):
+            raise ValueError(
+                f"max_batch_size {self.max_batch_size} exceeds the largest batch size "
+                f"{max(self.batch_sizes)} in batch_sizes"
+            )
+        return self
+
+    @property
+    def effective_batch_sizes(self) -> tuple[int, ...]:
+        """Buckets up to ``max_batch_size`` plus ``max_batch_size`` itself: nothing larger runs."""
+        kept = [b for b in self.batch_sizes if b < self.max_batch_size]
+        return (*kept, self.max_batch_size)
+
+    def public(self) -> dict:
+        """Settings safe to show on ``GET /model`` (paths as text)."""
+        data = self.model_dump(mode="json")
+        data["batch_sizes"] = list(self.effective_batch_sizes)
+        return data

@@ -1,0 +1,269 @@
+"""Request bodies to model input: images, ``.npy`` tensors, JSON base64 and multipart uploads.
+
+Everything here is blocking and runs in the decode thread pool, never on the event loop. Only the
+service's typed errors leave these functions: a bad input fails alone, before it can join a batch.
+"""
+
+from __future__ import annotations
+
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import (
+    InvalidImage,
+    MalformedRequest,
+    PayloadTooLarge,
+    ServiceError,
+    UnprocessableInput,
+    UnsupportedMediaType,
+)
+from service.modelspec import ModelSpec
+from service.multipart import MultipartLimits, parse_files
+
+IMAGE_TYPES = {
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "image/x-ms-bmp",
+    "application/octet-stream",
+}
+NPY_TYPES = {"application/x-npy", "application/npy"}
+NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Decoding limits, taken from the settings."""
+
+    max_image_pixels: int
+    allowed_formats: tuple[str, ...]
+    max_images: int
+    max_item_bytes: int
+    multipart: MultipartLimits
+
+
+def media_type(content_type: str | None) -> str:
+    """``"Image/PNG; q=1"`` -> ``"image/png"``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the image format from its magic bytes alone (no parser runs)."""
+    Image.init()
+    head = data[:32]
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            if accept and accept(head):
+                return name
+        except Exception:  # noqa: BLE001, S112 - a plugin's prefix check failing means "not this one"
+            continue
+    return None
+
+
+def open_image(data: bytes, limits: Limits) -> Image.Image:
+    """Open (header only) an allowed format and check the pixel cap before any pixel is decoded."""
+    if not data:
+        raise InvalidImage("empty image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(limits.allowed_formats))
+    except UnidentifiedImageError:
+        found = sniff_format(data)
+        if found and found not in limits.allowed_formats:
+            allowed = ", ".join(limits.allowed_formats)
+            raise UnsupportedMediaType(f"image format {found} is not allowed ({allowed})") from None
+        raise InvalidImage("not a recognizable image") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise PayloadTooLarge("image has too many pixels") from None
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise PayloadTooLarge(
+            f"image is {width}x{height} = {width * height} pixels, limit {limits.max_image_pixels}"
+        )
+    if width < 1 or height < 1:
+        raise UnprocessableInput(f"image is {width}x{height}")
+    return image
+
+
+def _flatten_alpha(image: Image.Image, background: int) -> Image.Image:
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Integer/float modes (16-bit PNG, 32-bit TIFF-like) scaled into 0..255 grey."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and pixels.max(initial=0) > 255):
+        pixels = pixels / 257.0
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+
+
+def normalize_mode(image: Image.Image, color_mode: str, background: int) -> Image.Image:
+    """Any decoded mode (palette+alpha, CMYK, 16-bit, 1-bit, ...) to ``L`` or ``RGB``."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        image = _to_8bit(image)
+    elif image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
+        image = _flatten_alpha(image, background)
+    return image if image.mode == color_mode else image.convert(color_mode)
+
+
+def fit_size(image: Image.Image, spec: ModelSpec) -> Image.Image:
+    """Resize to the model's (H, W) with the model's policy."""
+    height, width = spec.size_hw
+    method = getattr(Image.Resampling, spec.resample.upper())
+    if spec.resize == "pad":
+        fill = spec.background if image.mode == "L" else (spec.background,) * 3
+        return ImageOps.pad(image, (width, height), method=method, color=fill)
+    if spec.resize == "center-crop":
+        return ImageOps.fit(image, (width, height), method=method)
+    return image.resize((width, height), method)
+
+
+def to_tensor(image: Image.Image, spec: ModelSpec) -> np.ndarray:
+    """Pixels to float32 (C, H, W): optional inversion, then ``(p / 255 - mean) / std``."""
+    pixels = np.asarray(image, dtype=np.float32)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if spec.invert:
+        pixels = 255.0 - pixels
+    mean = np.asarray(spec.mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((pixels / 255.0 - mean) / std, dtype=np.float32)
+
+
+def decode_image(data: bytes, spec: ModelSpec, limits: Limits) -> np.ndarray:
+    """One encoded image to the model's float32 (C, H, W) input. First frame only."""
+    image = open_image(data, limits)
+    try:
+        if image.format == "JPEG":
+            # Let libjpeg decode at a reduced scale when the target is much smaller.
+            side = max(spec.size_hw)
+            image.draft(spec.color_mode, (side, side))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image = normalize_mode(image, spec.color_mode, spec.background)
+        return to_tensor(fit_size(image, spec), spec)
+    except ServiceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure on client bytes is the client's 400
+        raise InvalidImage(f"cannot decode {image.format} image: {type(exc).__name__}") from None
+
+
+def check_tensor(array: np.ndarray, input_shape: tuple[int, ...], max_images: int) -> np.ndarray:
+    """Validate a client tensor: float, (N, C, H, W) or (C, H, W) matching the model, all finite."""
+    if array.dtype.kind != "f":
+        raise UnprocessableInput(f"tensor dtype {array.dtype} is not a float type (float32)")
+    if array.ndim == len(input_shape):
+        array = array[None]
+    if array.ndim != len(input_shape) + 1 or tuple(array.shape[1:]) != tuple(input_shape):
+        expected = ", ".join(str(d) for d in input_shape)
+        raise UnprocessableInput(
+            f"tensor shape {tuple(array.shape)} does not match (N, {expected}) or ({expected})"
+        )
+    if not 1 <= array.shape[0] <= max_images:
+        raise UnprocessableInput(f"tensor holds {array.shape[0]} images; 1..{max_images} allowed")
+    if not np.isfinite(array).all():
+        raise UnprocessableInput("tensor contains NaN or Inf")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def read_npy(data: bytes) -> np.ndarray:
+    """Parse ``.npy`` bytes without pickle and without trusting the header's size claims."""
+    if not data.startswith(NPY_MAGIC):
+        raise MalformedRequest("body is not a .npy file (bad magic)")
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+        raise MalformedRequest(f"bad .npy header: {exc}") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.kind != "f" or dtype.itemsize != 4:
+        raise UnprocessableInput(f".npy dtype {dtype} is not accepted (float32 only)")
+    payload = memoryview(data)[stream.tell() :]
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count * dtype.itemsize != len(payload):
+        raise MalformedRequest(
+            f".npy header says {shape} ({count * dtype.itemsize} bytes), body has {len(payload)}"
+        )
+    array = np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return array.astype(np.float32)
+
+
+def b64_images(body: bytes, limits: Limits) -> list[bytes]:
+    """``{"instances": [{"b64": "..."}]}`` to raw image bytes (sizes checked before decoding)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedRequest(f"invalid JSON: {exc}") from None
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise UnprocessableInput('JSON body must be {"instances": [{"b64": "..."}, ...]}')
+    if len(instances) > limits.max_images:
+        raise PayloadTooLarge(f"{len(instances)} instances; at most {limits.max_images}")
+    blobs = []
+    for n, instance in enumerate(instances):
+        text = instance.get("b64") if isinstance(instance, dict) else None
+        if not isinstance(text, str):
+            raise UnprocessableInput(f'instances[{n}] has no "b64" string')
+        if len(text) * 3 // 4 > limits.max_item_bytes:
+            raise PayloadTooLarge(f"instances[{n}] is longer than {limits.max_item_bytes} bytes")
+        try:
+            blobs.append(binascii.a2b_base64(text.encode("ascii"), strict_mode=True))
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            raise MalformedRequest(f"instances[{n}] is not valid base64: {exc}") from None
+    return blobs
+
+
+class Decoder:
+    """Turns one ``POST /predict`` body into an (N, C, H, W) float32 batch for one model."""
+
+    def __init__(self, spec: ModelSpec, input_shape: tuple[int, ...], limits: Limits):
+        self.spec = spec
+        self.input_shape = tuple(input_shape)
+        self.limits = limits
+
+    def images(self, blobs: list[bytes]) -> np.ndarray:
+        """Several encoded images to one batch."""
+        if len(blobs) > self.limits.max_images:
+            raise PayloadTooLarge(f"{len(blobs)} images; at most {self.limits.max_images}")
+        return np.stack([decode_image(blob, self.spec, self.limits) for blob in blobs])
+
+    def tensor(self, array: np.ndarray) -> np.ndarray:
+        """Validate a client-supplied tensor against the model input."""
+        return check_tensor(array, self.input_shape, self.limits.max_images)
+
+    def decode(self, content_type: str | None, body: bytes) -> np.ndarray:
+        """Dispatch on the media type; 415 for anything not accepted."""
+        kind = media_type(content_type)
+        if kind in IMAGE_TYPES:
+            return self.images([body])
+        if kind in NPY_TYPES:
+            return self.tensor(read_npy(body))
+        if kind == "application/json":
+            return self.images(b64_images(body, self.limits))
+        if kind == "multipart/form-data":
+            files = parse_files(body, content_type or "", "file", self.limits.multipart)
+            if not files:
+                raise UnprocessableInput('multipart body has no "file" part')
+            return self.images(files)
+        raise UnsupportedMediaType(
+            f"content type {kind or '(none)'!r} is not accepted; send an image, "
+            "multipart/form-data, application/x-npy or application/json"
+        )

@@ -1,0 +1,103 @@
+"""Open Inference Protocol (KServe v2) REST, as Triton's and KServe's clients speak it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+
+from service import SERVER_NAME, __version__
+from service.errors import ModelNotFound, UnsupportedMediaType
+from service.routes import runtime
+from service.runtime import Runtime
+from service.v2codec import encode_response, parse_request
+
+router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+Rt = Annotated[Runtime, Depends(runtime)]
+MODEL_VERSION = "1"
+
+
+def served(rt: Runtime, name: str, version: str = MODEL_VERSION) -> Runtime:
+    """Check the path names the served model (404 otherwise) and that it is loaded (503)."""
+    if rt.spec is None:
+        rt.lifecycle.check_ready()
+    if name != rt.spec.name or version != MODEL_VERSION:
+        raise ModelNotFound(f"model {name!r} version {version!r} is not served here")
+    return rt
+
+
+@router.get("")
+async def server_metadata() -> dict:
+    """Server name, version and protocol extensions."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live")
+async def live() -> dict:
+    """The server process is alive."""
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: {"description": "not ready"}})
+async def ready(rt: Rt) -> dict:
+    """The model is loaded and warmed up, and the server is not draining."""
+    rt.lifecycle.check_ready()
+    return {"ready": True}
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
+    """Inputs and outputs of the served model (batch dimension -1)."""
+    rt = served(rt, name, version)
+    model = rt.model
+    return {
+        "name": rt.spec.name,
+        "versions": [MODEL_VERSION],
+        "platform": "gemmserve",
+        "inputs": [
+            {"name": model.input_name, "datatype": "FP32", "shape": [-1, *model.input_shape]}
+        ],
+        "outputs": [
+            {"name": model.output_name, "datatype": "FP32", "shape": [-1, *model.output_shape]}
+        ],
+    }
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_ready(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
+    """200 when this model answers inference requests."""
+    served(rt, name, version).lifecycle.check_ready()
+    return {"name": name, "ready": True}
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(
+    name: str,
+    request: Request,
+    rt: Rt,
+    version: str = MODEL_VERSION,
+    inference_header_content_length: Annotated[str | None, Header()] = None,
+    content_encoding: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Run the model on a JSON or binary tensor; answer in the form the client asked for."""
+    with rt.lifecycle.admit():
+        served(rt, name, version)
+        if content_encoding not in (None, "identity"):
+            raise UnsupportedMediaType(f"Content-Encoding {content_encoding!r} is not accepted")
+        rt.check_capacity()
+        body = await request.body()
+        model = rt.model
+        header_length = inference_header_content_length
+        parsed = await rt.blocking(
+            parse_request, body, header_length, model.input_name, model.output_name
+        )
+        batch = await rt.blocking(rt.decoder.tensor, parsed.tensor)
+        outputs = await rt.infer(request, batch, parsed.timeout_ms)
+    content, header_length = encode_response(parsed, rt.spec.name, model.output_name, outputs)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    headers = {"Inference-Header-Content-Length": str(header_length)}
+    return Response(content, media_type="application/octet-stream", headers=headers)

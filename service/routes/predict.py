@@ -1,0 +1,104 @@
+"""``POST /predict``: images, multipart uploads, ``.npy`` tensors or JSON base64 in; top-k out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel
+
+from service.results import result
+from service.routes import runtime
+from service.runtime import Runtime
+
+router = APIRouter(tags=["predict"])
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": BINARY,
+            "image/jpeg": BINARY,
+            "image/webp": BINARY,
+            "image/gif": BINARY,
+            "image/bmp": BINARY,
+            "application/x-npy": BINARY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "array", "items": BINARY["schema"]}},
+                    "required": ["file"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "instances": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {"b64": {"type": "string"}},
+                                "required": ["b64"],
+                            },
+                        }
+                    },
+                    "required": ["instances"],
+                }
+            },
+        },
+    }
+}
+ERRORS = {
+    code: {"description": text}
+    for code, text in {
+        400: "malformed body or image",
+        413: "body, image or part too large",
+        415: "content type or image format not accepted",
+        422: "wrong shape, NaN/Inf, missing file part",
+        429: "queue full (Retry-After)",
+        503: "loading or draining (Retry-After)",
+        504: "deadline passed",
+    }.items()
+}
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str
+    score: float
+
+
+class Result(BaseModel):
+    predictions: list[Prediction]
+    output: list[float] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    results: list[Result]
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    openapi_extra=REQUEST_BODY,
+)
+async def predict(
+    request: Request,
+    rt: Annotated[Runtime, Depends(runtime)],
+    top_k: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+    raw: bool = False,
+    x_timeout_ms: Annotated[float | None, Header(gt=0, description="shorter deadline")] = None,
+) -> dict:
+    """Classify each image of the body; one result per image, in order."""
+    with rt.lifecycle.admit():
+        rt.check_capacity()
+        body = await request.body()
+        batch = await rt.blocking(rt.decoder.decode, request.headers.get("content-type"), body)
+        outputs = await rt.infer(request, batch, x_timeout_ms)
+    k = top_k or rt.settings.top_k
+    return {"model": rt.spec.name, "results": [result(o, rt.spec, k, raw) for o in outputs]}
