@@ -230,3 +230,33 @@ def flags_of(argv: list[str]) -> dict[str, str]:
         flags[name.replace("-", "_")] = value
         i += 1
     return flags
+
+
+# --- PromQL ----------------------------------------------------------------------------------
+
+_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+_PROMQL_KEYWORDS |= {"and", "or", "unless", "offset", "inf", "nan"}
+_HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression (or Grafana ``label_values(m, l)``) reads."""
+    names = set(re.findall(r"label_values\(\s*([\w:]+)\s*,", expr))
+    expr = re.sub(r"label_values\([^)]*\)", " ", expr)
+    expr = re.sub(r'"(?:\\.|[^"\\])*"', " ", expr)  # strings (label values, Grafana variables)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", expr)  # label matchers and ranges
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    for match in re.finditer(r"(?<![\w$.])([a-zA-Z_:][\w:]*)\b(\s*\()?", expr):
+        if not match.group(2) and match.group(1).lower() not in _PROMQL_KEYWORDS:
+            names.add(match.group(1))
+    return names
+
+
+def unknown_metrics(names: set[str], extra: frozenset[str] = frozenset()) -> set[str]:
+    """Names that are neither one of ``METRICS`` (with a histogram's series suffixes) nor extra."""
+    unknown = set()
+    for name in names - extra:
+        base = next((name[: -len(s)] for s in _HISTOGRAM_SERIES if name.endswith(s)), None)
+        if name not in METRICS and METRICS.get(base) != "histogram":
+            unknown.add(name)
+    return unknown
