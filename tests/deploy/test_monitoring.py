@@ -108,11 +108,11 @@ def test_dashboard_panels_use_the_provisioned_datasource() -> None:
 def test_grafana_loads_the_dashboard_from_the_mounted_folder() -> None:
     providers = yaml.safe_load((PROVISIONING / "dashboards" / "gemmserve.yml").read_text())
     (provider,) = providers["providers"]
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
+    grafana = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
-    home = compose["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
 
 
