@@ -16,7 +16,8 @@ from engine.passes import optimize
 from engine.plan import Arena, Plan
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
-DEFAULT_SPATIAL = 224  # for inputs whose H/W are symbolic in the ONNX file
+DEFAULT_SPATIAL = 224
+MAX_EXTRA_PLANS = 8  # for inputs whose H/W are symbolic in the ONNX file
 
 
 @dataclass
@@ -41,9 +42,12 @@ class Model:
         self.constants = {k: backend.asarray(v) for k, v in graph.constants.items()}
         first = graph.inputs[0]
         self.input_name = first.name
-        self.input_shape = tuple(d or DEFAULT_SPATIAL for d in first.shape[1:])
+        # symbolic dims (None) accept any size; they are planned at DEFAULT_SPATIAL up front
+        self.input_dims = tuple(first.shape[1:])
+        self.input_shape = tuple(d or DEFAULT_SPATIAL for d in self.input_dims)
         self.output_name = graph.outputs[0].name
         self.plans: dict[tuple, Plan] = {}
+        self._extra_plans: list[tuple] = []  # keys of plans made after load, oldest first
         for bucket in self.batch_sizes:
             self._plan((bucket, *self.input_shape), bind=False)
         self.arena = Arena(backend, list(self.plans.values()))
@@ -82,6 +86,9 @@ class Model:
         plan = Plan(self.graph, self.backend, shapes, self.tuner, self.constants)
         if bind:
             plan.bind(self.arena if self.arena.fits(plan) else Arena(self.backend, [plan]))
+            self._extra_plans.append(key)
+            if len(self._extra_plans) > MAX_EXTRA_PLANS:  # bound memory for unplanned shapes
+                del self.plans[self._extra_plans.pop(0)]
         self.plans[key] = plan
         return plan
 
@@ -91,8 +98,8 @@ class Model:
             raise InputShapeError(f"input dtype must be floating point, got {x.dtype}")
         if x.ndim != 1 + len(self.input_shape) or x.shape[0] < 1:
             raise InputShapeError(f"input shape {x.shape} is not (N, {self.input_shape})")
-        if x.shape[1:] != self.input_shape:
-            expected = ", ".join(map(str, self.input_shape))
+        if any(d is not None and d != got for d, got in zip(self.input_dims, x.shape[1:])):
+            expected = ", ".join("?" if d is None else str(d) for d in self.input_dims)
             raise InputShapeError(f"input shape {x.shape} does not match (N, {expected})")
         return x.astype(np.float32, copy=False)
 
