@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 from engine.conv.base import ConvAlgorithm
+from engine.conv.depthwise_direct import DepthwiseDirect
 from engine.conv.gemm_1x1 import Gemm1x1
 from engine.conv.im2col_gemm import Im2colGemm
+from engine.conv.im2col_gemm_chunked import Im2colGemmChunked
+from engine.conv.im2col_gemm_tf32 import Im2colGemmTF32
 from engine.conv.spec import ConvSpec, Epilogue
+from engine.conv.winograd_f2x2_3x3 import WinogradF2x2
+from engine.conv.winograd_f4x4_3x3 import WinogradF4x4
 
 REFERENCE = Im2colGemm.name
 
-ALGORITHMS: dict[str, type[ConvAlgorithm]] = {algo.name: algo for algo in (Im2colGemm, Gemm1x1)}
+ALGORITHMS: dict[str, type[ConvAlgorithm]] = {
+    algo.name: algo
+    for algo in (
+        Im2colGemm,
+        Gemm1x1,
+        Im2colGemmChunked,
+        WinogradF2x2,
+        WinogradF4x4,
+        DepthwiseDirect,
+        Im2colGemmTF32,
+    )
+}
 
 
 def candidates(spec: ConvSpec, allowed_math: tuple[str, ...] = ("fp32",)) -> list[str]:
@@ -22,8 +38,13 @@ def candidates(spec: ConvSpec, allowed_math: tuple[str, ...] = ("fp32",)) -> lis
 
 
 def default_algorithm(spec: ConvSpec) -> str:
-    """The heuristic choice when nothing was tuned: skip the gather where it is not needed."""
-    return Gemm1x1.name if Gemm1x1.applicable(spec) else Im2colGemm.name
+    """The heuristic choice when nothing was tuned: skip the gather where it is not needed,
+    and never a GEMM per channel for a depthwise conv."""
+    if Gemm1x1.applicable(spec):
+        return Gemm1x1.name
+    if spec.is_depthwise and DepthwiseDirect.applicable(spec):
+        return DepthwiseDirect.name
+    return Im2colGemm.name
 
 
 __all__ = [

@@ -21,6 +21,8 @@ class ConvAlgorithm:
     name: ClassVar[str] = "base"
     #: precision of the arithmetic; the tuner only offers what the user allowed.
     math: ClassVar[str] = "fp32"
+    #: largest relative error (||y - ref|| / ||ref||) against im2col_gemm the tuner accepts.
+    tolerance: ClassVar[float] = 1e-4
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:

@@ -1,0 +1,127 @@
+"""Every conv algorithm against the float64 direct reference and against im2col_gemm."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from engine.backends import NumpyBackend
+from engine.conv import ALGORITHMS, REFERENCE, Epilogue, candidates, default_algorithm
+from engine.conv.depthwise_direct import DepthwiseDirect
+from engine.conv.im2col_gemm_chunked import Im2colGemmChunked, plan_chunks
+from engine.conv.winograd import Winograd3x3
+from tests.engine.conv_cases import (
+    EPILOGUES,
+    SHAPES,
+    make_problem,
+    make_spec,
+    reference_nhwc,
+    run_algorithm,
+)
+from tests.engine.reference import rel_error
+
+BACKEND = NumpyBackend()
+FP32 = [name for name, algo in ALGORITHMS.items() if algo.math == "fp32"]
+
+
+def check(name, spec, seed=0):
+    x, weight, bias = make_problem(spec, seed)
+    y = run_algorithm(name, spec, x, weight, bias, BACKEND)
+    assert np.isfinite(y).all()
+    tol = ALGORITHMS[name].tolerance
+    assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < tol
+    y_ref = run_algorithm(REFERENCE, spec, x, weight, bias, BACKEND)
+    assert rel_error(y, y_ref) < tol
+
+
+GRID = [
+    (name, index)
+    for index, shape in enumerate(SHAPES)
+    for name in FP32
+    if ALGORITHMS[name].applicable(make_spec(shape))
+]
+
+
+@pytest.mark.parametrize(("name", "index"), GRID)
+def test_algorithm_matches_reference(name, index):
+    spec = make_spec(SHAPES[index], EPILOGUES[index % len(EPILOGUES)])
+    check(name, spec, seed=index)
+
+
+def test_grid_covers_every_algorithm():
+    # im2col_gemm_chunked only applies above its chunk size: test_chunked_every_chunking
+    assert {name for name, _ in GRID} == set(FP32) - {"im2col_gemm_chunked"}
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: e.kind)
+def test_every_epilogue_on_every_3x3_algorithm(epilogue):
+    spec = make_spec((2, 7, 9, 10, 9, 3, 3, (1, 2, 0, 1), (1, 1), (1, 1), 1), epilogue)
+    names = candidates(spec)
+    assert {"winograd_f2x2_3x3", "winograd_f4x4_3x3"} <= set(names)
+    for name in names:
+        check(name, spec)
+
+
+def test_applicability():
+    assert not ALGORITHMS["winograd_f4x4_3x3"].applicable(make_spec(SHAPES[3]))  # stride 2
+    assert not ALGORITHMS["winograd_f2x2_3x3"].applicable(make_spec(SHAPES[4]))  # dilation 2
+    assert not ALGORITHMS["winograd_f2x2_3x3"].applicable(make_spec(SHAPES[5]))  # groups 2
+    assert ALGORITHMS["depthwise_direct"].applicable(make_spec(SHAPES[7]))  # multiplier 2
+    assert ALGORITHMS["gemm_1x1"].applicable(make_spec(SHAPES[9]))  # strided 1x1
+    assert not ALGORITHMS["gemm_1x1"].applicable(make_spec(SHAPES[0]))
+    for shape in SHAPES:
+        spec = make_spec(shape)
+        assert candidates(spec)[0] == REFERENCE
+        assert default_algorithm(spec) in candidates(spec)
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 3, "image", "2 images"])
+@pytest.mark.parametrize("index", [1, 3, 4, 12])
+def test_chunked_every_chunking(monkeypatch, index, rows_per_chunk):
+    """Row bands inside one image, and whole images per chunk, cover every output once."""
+    spec = make_spec(SHAPES[index], Epilogue("relu"))
+    row_elems = spec.out_w * spec.r * spec.s * spec.c
+    images = {"image": 1, "2 images": 2}.get(rows_per_chunk)
+    limit = images * spec.out_h * row_elems if images else rows_per_chunk * row_elems
+    monkeypatch.setattr(Im2colGemmChunked, "chunk_elems", limit)
+    chunks = list(plan_chunks(spec, limit))
+    rows = sorted((n, oh) for c in chunks for n in range(c.n0, c.n1) for oh in range(c.oh0, c.oh1))
+    assert rows == [(n, oh) for n in range(spec.n) for oh in range(spec.out_h)]
+    assert len(chunks) > 1 or spec.n <= (images or 0)
+    check("im2col_gemm_chunked", spec, seed=index)
+
+
+@pytest.mark.parametrize("name", ["winograd_f2x2_3x3", "winograd_f4x4_3x3", "depthwise_direct"])
+def test_image_chunks(monkeypatch, name):
+    """With a scratch limit below one batch the algorithm runs a few images at a time."""
+    monkeypatch.setattr(Winograd3x3, "region_limit_elems", 1)
+    monkeypatch.setattr(DepthwiseDirect, "chunk_elems", 1)
+    shape = SHAPES[6] if name == "depthwise_direct" else SHAPES[1]
+    check(name, make_spec(shape, Epilogue("relu")))
+
+
+ALLOCATION_SHAPES = {
+    "gemm_1x1": (3, 32, 64, 64, 32, 1, 1, (0, 0, 0, 0), (2, 2), (1, 1), 1),
+    "depthwise_direct": (3, 32, 64, 64, 32, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 32),
+}
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_steady_state_allocates_nothing(name):
+    """After the first call, a call allocates no array (only NumPy's small copy buffers)."""
+    shape = (3, 32, 64, 64, 32, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1)
+    spec = make_spec(ALLOCATION_SHAPES.get(name, shape), Epilogue("relu"))
+    assert ALGORITHMS[name].applicable(spec)
+    x, weight, bias = make_problem(spec)
+    algo = ALGORITHMS[name](spec, weight, bias, BACKEND)
+    workspace = np.empty(ALGORITHMS[name].workspace_elems(spec), np.float32)
+    out = np.empty((spec.n, spec.out_h, spec.out_w, spec.k), np.float32)
+    algo(x, out, workspace)
+    tracemalloc.start()
+    algo(x, out, workspace)
+    _, peak_bytes = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert out.nbytes >= 393216
+    assert peak_bytes < 131072  # a third of the output: any output-sized temporary fails
