@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import posixpath
 import re
 import shlex
 import shutil
@@ -157,6 +158,22 @@ def stage_env(stages: list[Stage], name: str, args: dict[str, str]) -> dict[str,
         for ins in stage.all("ENV"):
             env.update(env_pairs(ins.args))
     return env
+
+
+def copied_files(stage: Stage) -> dict[str, str]:
+    """{path in the image: path in the repository} for the stage's ``COPY`` of repository files."""
+    workdir, copied = "/", {}
+    for ins in stage.instructions:
+        if ins.keyword == "WORKDIR":
+            workdir = posixpath.join(workdir, ins.args)
+        elif ins.keyword == "COPY" and not ins.args.startswith("--"):
+            *sources, dest = ins.args.split()
+            dest = posixpath.join(workdir, dest)
+            for source in sources:
+                into_dir = dest.endswith("/") or len(sources) > 1
+                target = posixpath.join(dest, posixpath.basename(source)) if into_dir else dest
+                copied[posixpath.normpath(target)] = source
+    return copied
 
 
 # --- .dockerignore -----------------------------------------------------------------------------
