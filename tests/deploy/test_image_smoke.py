@@ -1,0 +1,224 @@
+"""The image's install and start-up, rehearsed without Docker.
+
+The build stage's files are copied as the Dockerfile copies them, built into a wheel and unpacked
+into a fake image root; the runtime stage's files and environment are laid out under the same
+root; then the image's command runs there on a loopback port. What it checks: the package works
+when installed (not from the source tree), the bundled model serves, the image's healthcheck
+passes, /metrics carries the names the dashboard reads, nothing is written outside the cache
+volume and /tmp (the root filesystem is read-only), and SIGTERM ends it inside the grace period.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.deploy.files import GPU_ONLY_METRICS, METRICS, ROOT, copied_files
+from tests.deploy.test_compose import seconds
+from tests.deploy.test_dockerfile import STAGES, healthcheck_argv, run_healthcheck
+from tests.deploy.test_entrypoint import image_argv, image_env
+
+pytestmark = pytest.mark.slow  # builds a wheel and starts a server: about 20 s on 2 cores
+
+STAGE = {s.name: s for s in STAGES}
+VOLUME_DIR = "/var/cache/gemmserve"
+START_LIMIT_S = 180  # a bound against hanging, not a speed requirement
+
+
+def _lay_out(stage: str, root: Path) -> None:
+    """Copy the repository files a stage copies to where the stage puts them, under ``root``."""
+    for dest, source in copied_files(STAGE[stage]).items():
+        target, origin = root / dest.lstrip("/"), ROOT / source
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if origin.is_dir():
+            shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(origin, target)
+
+
+def _install(root: Path) -> Path:
+    """The build stage's ``pip install .``, as a wheel unpacked into ``root/opt/site``."""
+    _lay_out("build", root)
+    wheels = root / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(wheels), str(root / "src")],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("gemmserve-*.whl")
+    site = root / "opt" / "site"
+    shutil.unpack_archive(wheel, site, format="zip")
+    shutil.rmtree(root / "src")
+    shutil.rmtree(wheels)
+    return site
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _environment(root: Path, site: Path, port: int) -> dict[str, str]:
+    """The image's environment with its paths moved under ``root``; loopback and a free port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMMSERVE_")}
+    env.pop("VIRTUAL_ENV", None)
+    for key, value in image_env("cpu").items() | {"PYTHONDONTWRITEBYTECODE": "1"}.items():
+        moved = value.startswith(("/app", VOLUME_DIR))
+        env[key] = str(root / value.lstrip("/")) if moved else value
+    env.update(PYTHONPATH=str(site), GEMMSERVE_HOST="127.0.0.1", GEMMSERVE_PORT=str(port))
+    return env
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def _get(url: str, timeout_s: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _post_png(url: str) -> tuple[int, dict]:
+    from PIL import Image
+
+    pixels = np.random.default_rng().integers(0, 256, (28, 28), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    request = urllib.request.Request(
+        url, data=buffer.getvalue(), headers={"Content-Type": "image/png"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.status, json.loads(answer.read())
+
+
+class Image:
+    """The rehearsed container: its root, port and running process."""
+
+    def __init__(self, root: Path, env: dict[str, str], argv: list[str], log: Path):
+        self.root, self.env, self.log = root, env, log
+        self.port = int(env["GEMMSERVE_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.before = _files(root)
+        with log.open("wb") as out:  # a file, not a pipe: a full pipe would stall the server
+            self.process = subprocess.Popen(
+                argv, cwd=root / "app", env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_LIMIT_S
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if _get(self.url + "/readyz", timeout_s=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"not ready (exit code {self.process.poll()}): {self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Iterator[Image]:
+    if not (ROOT / "models" / "digits" / "model.onnx").exists():
+        pytest.fail("the bundled model models/digits/model.onnx is missing")
+    root = tmp_path_factory.mktemp("image")
+    site = _install(root)
+    _lay_out("runtime", root)
+    (root / VOLUME_DIR.lstrip("/")).mkdir(parents=True)
+    env = _environment(root, site, _free_port())
+    log = tmp_path_factory.mktemp("image-log") / "server.log"
+    started = Image(root, env, [sys.executable, *image_argv()[1:]], log)
+    try:
+        started.wait_ready()
+        yield started
+    finally:
+        if started.process.poll() is None:
+            started.process.kill()
+            started.process.wait()
+
+
+def test_installed_package_is_what_runs(image: Image) -> None:
+    probe = "import engine, service; print(engine.__file__); print(service.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=image.root / "app",
+        env=image.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    site = image.root / "opt" / "site"
+    assert all(Path(line).is_relative_to(site) for line in done.stdout.split()), done.stdout
+
+
+def test_image_healthcheck_passes_against_the_server(image: Image) -> None:
+    assert run_healthcheck(healthcheck_argv(), image.port) == 0
+
+
+def test_bundled_model_answers_a_prediction(image: Image) -> None:
+    status, body = _post_png(image.url + "/predict")
+    assert status == 200
+    assert body["model"] == "digits" and len(body["results"]) == 1
+    assert body["results"][0]["predictions"], body
+
+
+def test_metrics_carry_every_name_the_dashboard_reads(image: Image) -> None:
+    status, text = _get(image.url + "/metrics")
+    assert status == 200
+    types = {}
+    for line in text.decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            types[name] = kind
+    for name, kind in METRICS.items():
+        if name not in GPU_ONLY_METRICS:  # this server runs on the CPU
+            assert types.get(name) == kind, f"{name}: {types.get(name)} (expected {kind})"
+
+
+def test_tuning_results_land_in_the_cache_volume(image: Image) -> None:
+    status, body = _get(image.url + "/model")
+    assert status == 200
+    layers = json.loads(body)["layers"]
+    assert layers
+    if any(layer["source"] == "tuned" for layer in layers):
+        cache = Path(image.env["GEMMSERVE_AUTOTUNE_CACHE"])
+        assert cache.is_file() and cache.is_relative_to(image.root / VOLUME_DIR.lstrip("/"))
+
+
+def test_sigterm_ends_the_server_within_the_grace_period_writing_only_the_volume(
+    image: Image,
+) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    grace_s = seconds(compose["services"]["gemmserve"]["stop_grace_period"])
+    image.process.send_signal(signal.SIGTERM)
+    try:
+        code = image.process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {grace_s} s after SIGTERM: Docker would SIGKILL it")
+    # uvicorn re-raises the signal once it has shut down cleanly.
+    assert code in (0, -signal.SIGTERM), image.output()
+    volume = image.root / VOLUME_DIR.lstrip("/")
+    written = {p for p in _files(image.root) - image.before if not p.is_relative_to(volume)}
+    assert not written, f"written outside the cache volume: {sorted(map(str, written))}"
