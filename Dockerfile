@@ -42,7 +42,9 @@ COPY engine ./engine
 COPY service ./service
 # Runtime dependencies only (no dev extra). Neither base has a compiler, so every dependency
 # must come as a wheel: a build that would need one fails here rather than shipping it.
+# A current pip first: the one Ubuntu's Python 3.11 bundles predates some wheels' metadata.
 RUN extras=""; if [ "$VARIANT" = "gpu" ]; then extras="[gpu]"; fi \
+ && /opt/venv/bin/pip install --no-cache-dir pip==24.3.1 \
  && /opt/venv/bin/pip install --no-cache-dir ".${extras}"
 
 # --- runtime ------------------------------------------------------------------------------
