@@ -1,0 +1,148 @@
+"""What the benchmark times: the engine, onnxruntime, PyTorch eager, and a plain GEMM."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import defaultdict
+
+import numpy as np
+
+POOLING = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def median_seconds(fn, min_time_s: float, max_runs: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` after ``warmup`` calls, over at least 3 runs, until
+    ``min_time_s`` has passed or ``max_runs`` were made."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    while len(times) < 3 or (sum(times) < min_time_s and len(times) < max_runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gemm_gflops(n: int, min_time_s: float) -> float:
+    """This machine's float32 GEMM rate through NumPy's BLAS on an n x n x n product."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty((n, n), np.float32)
+    seconds = median_seconds(lambda: np.matmul(a, b, out=out), min_time_s, 20)
+    return 2 * n**3 / seconds / 1e9
+
+
+def onnxruntime_session(model_bytes: bytes):
+    """An onnxruntime CPU session using every core, or None when onnxruntime is missing."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cores()
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def _torch_ops(torch, F) -> dict:
+    """The ONNX operators the benchmark nets use, as torch.nn.functional calls."""
+
+    def max_pool(a, x):
+        return F.max_pool2d(x, a["kernel_shape"], a["strides"], a.get("pads", [0, 0])[:2])
+
+    return {
+        "Conv": lambda a, x, w, b=None: F.conv2d(x, w, b, a["strides"], a["pads"][:2]),
+        "BatchNormalization": lambda a, x, s, b, m, v: F.batch_norm(x, m, v, s, b, eps=1e-5),
+        "Relu": lambda a, x: F.relu(x),
+        "Add": lambda a, x, y: x + y,
+        "MaxPool": max_pool,
+        "GlobalAveragePool": lambda a, x: F.adaptive_avg_pool2d(x, 1),
+        "Flatten": lambda a, x: torch.flatten(x, 1),
+        "Gemm": lambda a, x, w, b: torch.addmm(b, x, w),
+    }
+
+
+def torch_eager(model):
+    """The ONNX graph run op by op with torch.nn.functional (PyTorch eager), or None."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    from onnx import helper, numpy_helper
+
+    torch.set_num_threads(cores())
+    ops = _torch_ops(torch, F)
+    weights = {
+        t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer
+    }
+    nodes = [(n.op_type, {a.name: helper.get_attribute_value(a) for a in n.attribute},
+              list(n.input), n.output[0]) for n in model.graph.node]  # fmt: skip
+    first, last = model.graph.input[0].name, model.graph.output[0].name
+
+    def run(x):
+        env = dict(weights)
+        env[first] = torch.from_numpy(x)
+        with torch.inference_mode():
+            for op, attrs, inputs, output in nodes:
+                env[output] = ops[op](attrs, *(env[i] for i in inputs))
+        return env[last].numpy()
+
+    return run
+
+
+def conv_flops_per_image(model) -> int:
+    """Multiply-adds x 2 of every conv layer for one image (from the planned specs)."""
+    plan = next(iter(model.plans.values()))
+    n = next(iter(model.plans))[0]
+    return sum(step.op.spec.flops() for step in plan.conv_steps()) // n
+
+
+def profile(model, x) -> dict[str, float]:
+    """Seconds per category (gather, GEMM and transforms, epilogue, pooling, other) of one
+    call, timing each planned step on its own and the gather and epilogue inside each conv."""
+    plan = model._plan((model.bucket_for(len(x)), *x.shape[1:]))
+    backend, totals = model.backend, defaultdict(float)
+    model.backend.copy_to(plan.inputs[model.input_name][: len(x)], x)
+    env = {**plan.constants, **plan.inputs}
+    for step in plan.steps:
+        ins = [env[name] if name else None for name in step.inputs]
+        conv = getattr(step.op, "choice", None)
+        inner = _instrument(backend, conv.algorithm, totals) if conv else ()
+        start = backend.now()
+        env.update(zip(step.outputs, step.op.run(ins, step.buffers)))
+        seconds = backend.now() - start
+        for obj, attr in inner:
+            delattr(obj, attr)
+        node = step.op.ctx.node
+        if conv:
+            totals["GEMM + transforms"] += seconds
+        elif node is not None and node.op in POOLING:
+            totals["pooling"] += seconds
+        else:
+            totals["other"] += seconds
+    totals["GEMM + transforms"] -= totals["gather"] + totals["epilogue"]
+    return dict(totals)
+
+
+def _instrument(backend, algorithm, totals) -> list[tuple[object, str]]:
+    """Shadow backend.im2col and algorithm.finish with timed versions (removed afterwards)."""
+
+    def timed(fn, category):
+        def wrapper(*args):
+            start = backend.now()
+            fn(*args)
+            totals[category] += backend.now() - start
+
+        return wrapper
+
+    backend.im2col = timed(backend.im2col, "gather")
+    algorithm.finish = timed(algorithm.finish, "epilogue")
+    return [(backend, "im2col"), (algorithm, "finish")]

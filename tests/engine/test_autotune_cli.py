@@ -1,0 +1,73 @@
+"""``python -m engine.autotune`` and ``python -m engine.bench`` end to end, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from engine import load_model
+from engine.bench.nets import NetBuilder, cifar_net
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_net(path: Path) -> Path:
+    """A 3x3 conv, a depthwise conv and a strided 1x1 conv: several candidates each."""
+    b = NetBuilder(seed=3)
+    x = b.conv_bn_relu("input", 3, 12)
+    w = b.rng.standard_normal((12, 1, 3, 3)).astype(np.float32)
+    x = b.node("Conv", [x, b.const(w)], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=12)
+    x = b.conv_bn_relu(x, 12, 10, kernel=1, stride=2)
+    model = b.model("small", "input", b.head(x, 10, 4), (3, 11, 13), 4)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def autotune(*args) -> str:
+    command = [sys.executable, "-m", "engine.autotune", *map(str, args)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_tunes_writes_and_then_hits(tmp_path):
+    model, cache = small_net(tmp_path / "small.onnx"), tmp_path / "cache.json"
+    first = autotune(model, "--device", "cpu", "--batch-sizes", "1,3", "--cache", cache)
+    assert "batch 1:" in first and "batch 3:" in first
+    assert "winner" in first and "im2col_gemm" in first and "depthwise_direct" in first
+    entries = json.loads(cache.read_text())["entries"]
+    assert len(entries) == 6  # three convs x two buckets
+    second = autotune(model, "--batch-sizes", "1,3", "--cache", cache)
+    assert "6 hits, 0 tuned" in second
+
+
+def test_tuned_model_matches_onnxruntime(tmp_path):
+    path = tmp_path / "cifar.onnx"
+    path.write_bytes(cifar_net(seed=1).SerializeToString())
+    model = load_model(path, "cpu", (1, 4), autotune_cache=tmp_path / "c.json")
+    sources = {layer["source"] for layer in model.info()["layers"] if layer["op"] == "Conv"}
+    assert sources == {"tuned"}
+    x = np.random.default_rng(7).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    session = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {"input": x})[0]
+    assert np.linalg.norm(model(x) - reference) / np.linalg.norm(reference) < 1e-4
+    again = load_model(path, "cpu", (1, 4), autotune_cache=tmp_path / "c.json")
+    assert {layer["source"] for layer in again.info()["layers"] if layer["op"] == "Conv"} == {
+        "cache"
+    }
+    assert again.tuner.stats.tuning_seconds == 0
+
+
+@pytest.mark.slow
+def test_bench_quick_runs(tmp_path):
+    command = [sys.executable, "-m", "engine.bench", "--nets", "cifar", "--batch-sizes", "2",
+               "--quick", "--min-time-s", "0.01", "--cache", str(tmp_path / "c.json")]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "| cifar | 2 |" in done.stdout and "Machine:" in done.stdout
