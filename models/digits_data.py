@@ -74,15 +74,15 @@ def to_tensor(png: bytes, preprocess: dict) -> np.ndarray:
     picture = picture.convert(preprocess.get("color_mode", "L"))
     height, width = preprocess["size"]
     resample = Image.Resampling[preprocess.get("resample", "bilinear").upper()]
-    if preprocess.get("resize", "stretch") == "pad":
-        side = max(picture.size)
-        canvas = Image.new(picture.mode, (side, side), preprocess.get("background", 0))
-        canvas.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
-        picture = canvas
-    elif preprocess.get("resize") == "center-crop":
-        side = min(picture.size)
-        picture = ImageOps.fit(picture, (side, side), method=resample)
-    pixels = np.asarray(picture.resize((width, height), resample), dtype=np.float32)
+    resize = preprocess.get("resize", "stretch")
+    if resize == "pad":
+        fill = preprocess.get("background", 0)
+        picture = ImageOps.pad(picture, (width, height), method=resample, color=fill)
+    elif resize == "center-crop":
+        picture = ImageOps.fit(picture, (width, height), method=resample)
+    else:
+        picture = picture.resize((width, height), resample)
+    pixels = np.asarray(picture, dtype=np.float32)
     if preprocess.get("invert", False):
         pixels = 255.0 - pixels
     pixels = pixels.reshape(height, width, -1).transpose(2, 0, 1)
