@@ -34,5 +34,10 @@ test: lint
 bench: $(VENV)/.installed-dev
 	$(PY) -m engine.bench
 
+AUTOTUNE_CACHE ?= $(MODEL).autotune.json
+BATCH_SIZES    ?= 1,2,4,8,16,32
+autotune: $(VENV)/.installed-run
+	$(PY) -m engine.autotune $(MODEL) --device $(DEVICE) --batch-sizes $(BATCH_SIZES) --cache $(AUTOTUNE_CACHE)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import sys
+from pathlib import Path
 
 from engine.autotune import MODES
 from engine.conv import REFERENCE, ConvSpec
@@ -90,8 +91,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from engine import load_model
 
+    path = Path(args.model)
     model = load_model(
-        args.model,
+        path / "model.onnx" if path.is_dir() else path,
         device=args.device,
         batch_sizes=args.batch_sizes,
         autotune_cache=args.cache,
