@@ -16,14 +16,13 @@ from engine.conv.im2col_gemm import Im2colGemm
 @contextlib.contextmanager
 def tf32_gemms(xp):
     """CuPy's float32 GEMMs run in TF32 inside the block (a process-wide CuPy setting)."""
-    core = xp._core
-    linalg = core._routines_linalg
-    previous = core.get_compute_type(np.float32)
-    core.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
+    linalg = xp._core._routines_linalg  # where CuPy keeps its GEMM compute-type switch
+    previous = linalg.get_compute_type(np.float32)
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
     try:
         yield
     finally:
-        core.set_compute_type(np.float32, previous)
+        linalg.set_compute_type(np.float32, previous)
 
 
 class Im2colGemmTF32(Im2colGemm):
