@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # gemmserve image. One Dockerfile, two variants picked with a build argument:
 #   docker build -t gemmserve:gpu .                       # CUDA 12 runtime + CuPy (default)
 #   docker build -t gemmserve:cpu --build-arg VARIANT=cpu .   # slim Python, NumPy only
