@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.activations import apply_activation
+
 
 class Backend:
     """An array module (``xp``) plus device primitives, resolved once per model.
@@ -18,6 +20,10 @@ class Backend:
     name = "base"
     device = "none"
     xp: Any = np
+    #: the device runs these steps as its own kernels (CuPy); elsewhere the ops' array code runs
+    native_pool = False
+    native_depthwise = False
+    native_winograd_f2x2 = False
 
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)
@@ -70,6 +76,13 @@ class Backend:
             sc,
         )
         cols[...] = self.xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+
+    def epilogue(self, y2d, bias, epilogue) -> None:
+        """Add ``bias`` (K,) or None to the (rows, K) ``y2d`` and apply ``epilogue``'s
+        activation, in place (one fused kernel on a GPU)."""
+        if bias is not None:
+            y2d += bias
+        apply_activation(self.xp, y2d, epilogue.kind, epilogue.alpha, epilogue.beta)
 
     def fingerprint(self) -> dict:
         """Everything that changes which algorithm is fastest on this device."""

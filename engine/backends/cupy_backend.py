@@ -1,21 +1,36 @@
-"""The NVIDIA GPU backend: CuPy arrays, cuBLAS GEMMs, and RawKernels for the gathers."""
+"""The NVIDIA GPU backend: CuPy arrays, cuBLAS GEMMs, and RawKernels where one launch beats the
+array code (the gather, the fused epilogue, pooling, depthwise conv, Winograd transforms).
+
+Each kernel method marshals its arguments as explicitly typed NumPy scalars (``int`` parameters
+as ``np.int32``, ``long long`` as ``np.int64``): CuPy passes them by value as they are, so a
+wrong width would be read as garbage on the device. Inputs may be strided views with contiguous
+channels (their N/H/W strides are passed); outputs must be contiguous.
+"""
 
 from __future__ import annotations
 
-import functools
+import re
 from importlib import resources
 
 import numpy as np
 
 from engine.backends.base import Backend
+from engine.conv.spec import ACTIVATIONS
 from engine.errors import DeviceUnavailableError
 
-_THREADS = 256
+THREADS_PER_BLOCK = 256
+#: enough blocks to fill any current GPU; the kernels' grid-stride loops cover the rest
+MAX_BLOCKS = 1 << 16
+_INCLUDE = re.compile(r'^#include "([\w.]+\.cuh)"$', re.MULTILINE)
 
 
 def kernel_source(name: str) -> str:
-    """The text of a CUDA source shipped in ``engine/kernels``."""
-    return resources.files("engine.kernels").joinpath(name).read_text(encoding="utf-8")
+    """The text of a CUDA source shipped in ``engine/kernels``, local headers inlined (NVRTC
+    then needs no include path, and the text is what the source hash covers)."""
+    files = resources.files("engine.kernels")
+    text = files.joinpath(name).read_text(encoding="utf-8")
+    inline = lambda m: files.joinpath(m.group(1)).read_text(encoding="utf-8")  # noqa: E731
+    return _INCLUDE.sub(inline, text)
 
 
 def import_cupy():
@@ -33,17 +48,59 @@ def import_cupy():
     return cupy
 
 
+def blocks_for(total: int) -> int:
+    return max(1, min(-(-total // THREADS_PER_BLOCK), MAX_BLOCKS))
+
+
+def i32(*values) -> tuple:
+    return tuple(np.int32(v) for v in values)
+
+
+def i64(*values) -> tuple:
+    return tuple(np.int64(v) for v in values)
+
+
+def nhw_strides(x) -> tuple:
+    """(sn, sh, sw) of a 4-D NHWC float32 array in elements; channels must be contiguous."""
+    if x.ndim != 4 or x.dtype != np.float32 or (x.shape[3] > 1 and x.strides[3] != 4):
+        raise ValueError(f"expected NHWC float32 with contiguous channels, got {x.shape} "
+                         f"{x.dtype} strides {x.strides}")  # fmt: skip
+    return i64(*(s // 4 for s in x.strides[:3]))
+
+
+def activation_args(epilogue) -> tuple:
+    kind = ACTIVATIONS.index(epilogue.kind)
+    return np.int32(kind), np.float32(epilogue.alpha), np.float32(epilogue.beta)
+
+
+def require_contiguous(*arrays) -> None:
+    for array in arrays:
+        if not array.flags.c_contiguous:
+            raise ValueError(f"kernel output must be contiguous, got strides {array.strides}")
+
+
 class CupyBackend(Backend):
     name = "cupy"
     device = "cuda"
+    native_pool = True
+    native_depthwise = True
+    native_winograd_f2x2 = True
 
     def __init__(self):
         self.xp = import_cupy()
+        self._kernels: dict[str, object] = {}
 
-    @functools.cached_property
-    def _im2col_kernel(self):
-        return self.xp.RawKernel(kernel_source("im2col.cu"), "im2col_nhwc")
+    def kernel(self, source: str, name: str):
+        """The compiled RawKernel ``name`` of ``engine/kernels/<source>`` (compiled once)."""
+        if name not in self._kernels:
+            self._kernels[name] = self.xp.RawKernel(kernel_source(source), name)
+        return self._kernels[name]
 
+    def launch(self, source: str, name: str, total: int, args: tuple) -> None:
+        if total > 0:
+            self.kernel(source, name)((blocks_for(total),), (THREADS_PER_BLOCK,), args)
+
+    # memory and time ---------------------------------------------------------------------
     def to_host(self, array) -> np.ndarray:
         return self.xp.asnumpy(array)
 
@@ -56,18 +113,65 @@ class CupyBackend(Backend):
     def is_out_of_memory(self, error: BaseException) -> bool:
         return isinstance(error, self.xp.cuda.memory.OutOfMemoryError | MemoryError)
 
+    # kernels -----------------------------------------------------------------------------
     def im2col(self, x, cols, spec, padded) -> None:
-        total = cols.size
-        blocks = min((total + _THREADS - 1) // _THREADS, 65535 * 8)
-        args = (x, cols, np.int64(total), *map(np.int32, (spec.h, spec.w, spec.c)))
-        args += tuple(
-            np.int32(v)
-            for v in (
-                spec.out_h, spec.out_w, spec.groups, spec.r, spec.s, spec.c_per_group,
-                spec.pads[0], spec.pads[1], *spec.strides, *spec.dilations,
-            )
-        )  # fmt: skip
-        self._im2col_kernel((blocks,), (_THREADS,), args)
+        """The gather, padding handled inside the kernel (``padded`` is not needed)."""
+        require_contiguous(cols)
+        args = (x, cols, np.int64(cols.size), *nhw_strides(x))
+        args += i32(spec.h, spec.w, spec.out_h, spec.out_w, spec.groups, spec.r, spec.s,
+                    spec.c_per_group, spec.pads[0], spec.pads[1], *spec.strides,
+                    *spec.dilations)  # fmt: skip
+        self.launch("im2col.cu", "im2col_nhwc", cols.size, args)
+
+    def epilogue(self, y2d, bias, epilogue) -> None:
+        """Bias and activation in one pass over the (rows, K) output."""
+        require_contiguous(y2d)
+        has_bias = bias is not None
+        args = (y2d, bias if has_bias else y2d, np.int64(y2d.size), *i32(y2d.shape[-1], has_bias))
+        self.launch("epilogue.cu", "bias_activation", y2d.size, args + activation_args(epilogue))
+
+    def pool(self, x, out, kind, kernel, strides, dilations, pads, count_include_pad) -> None:
+        """MaxPool (``kind="max"``) or AveragePool over NHWC ``x`` into ``out`` (N, OH, OW, C);
+        ``pads`` are (top, left, bottom, right); ceil_mode is already in ``out``'s size."""
+        require_contiguous(out)
+        n, oh, ow, c = out.shape
+        args = (x, out, np.int64(out.size), *nhw_strides(x))
+        args += i32(x.shape[1], x.shape[2], c, oh, ow, *kernel, *strides, *dilations, *pads,
+                    kind == "max", count_include_pad)  # fmt: skip
+        self.launch("pool.cu", "pool_nhwc", out.size, args)
+
+    def depthwise(self, x, taps, bias, out, spec) -> None:
+        """Depthwise conv with the bias and ``spec.epilogue`` fused; ``taps`` is (R, S, K)
+        contiguous, output channel ``c * multiplier + j`` reading input channel ``c``."""
+        require_contiguous(out, taps)
+        args = (x, taps, bias, out, np.int64(out.size), *nhw_strides(x))
+        args += i32(spec.h, spec.w, spec.out_h, spec.out_w, spec.k, spec.r, spec.s,
+                    spec.k // spec.c, spec.pads[0], spec.pads[1], *spec.strides,
+                    *spec.dilations, True)  # fmt: skip
+        args += activation_args(spec.epilogue)
+        self.launch("depthwise.cu", "depthwise_nhwc", out.size, args)
+
+    def winograd_f2x2_input(self, x, v, spec) -> None:
+        """V (16, tiles, C) = B^T d B of every 4x4 tile of NHWC ``x``, zero outside the image;
+        tiles are (n, tile row, tile column) with ceil(OH / 2) x ceil(OW / 2) per image."""
+        require_contiguous(v)
+        th, tw = -(-spec.out_h // 2), -(-spec.out_w // 2)
+        total = x.shape[0] * th * tw * spec.c
+        args = (x, v, np.int64(total), *nhw_strides(x))
+        args += i32(spec.h, spec.w, spec.c, th, tw, spec.pads[0], spec.pads[1])
+        self.launch("winograd.cu", "winograd_f2x2_input", total, args)
+
+    def winograd_f2x2_output(self, m, bias, out, spec) -> None:
+        """out (N, OH, OW, K) = A^T M A per tile of M (16, tiles, K), plus bias and activation
+        (``bias=None``: neither, the caller applies its epilogue)."""
+        require_contiguous(m, out)
+        n, oh, ow, k = out.shape
+        th, tw = -(-oh // 2), -(-ow // 2)
+        total = n * th * tw * k
+        fused = bias is not None
+        args = (m, bias if fused else m, out, np.int64(total), *i32(k, th, tw, oh, ow, fused))
+        epilogue = spec.epilogue if fused else type(spec.epilogue)()
+        self.launch("winograd.cu", "winograd_f2x2_output", total, args + activation_args(epilogue))
 
     def fingerprint(self) -> dict:
         cupy = self.xp

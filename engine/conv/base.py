@@ -6,7 +6,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from engine.activations import apply_activation
 from engine.conv.spec import ConvSpec
 
 
@@ -46,9 +45,7 @@ class ConvAlgorithm:
 
     def finish(self, out2d) -> None:
         """Bias and activation, in place on the (rows, K) GEMM output."""
-        out2d += self.bias
-        epi = self.spec.epilogue
-        apply_activation(self.xp, out2d, epi.kind, epi.alpha, epi.beta)
+        self.backend.epilogue(out2d, self.bias, self.spec.epilogue)
 
 
 def gemm_weights(spec: ConvSpec, weight: np.ndarray) -> np.ndarray:

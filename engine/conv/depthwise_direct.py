@@ -48,6 +48,9 @@ class DepthwiseDirect(ConvAlgorithm):
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec
+        if self.backend.native_depthwise:  # one fused kernel (taps are already (R, S, K))
+            self.backend.depthwise(x, self.taps, self.bias, out, spec)
+            return
         for n0 in range(0, spec.n, self.chunk):
             n1 = min(spec.n, n0 + self.chunk)
             self._run(x[n0:n1], out[n0:n1], workspace)

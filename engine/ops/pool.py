@@ -51,7 +51,8 @@ class _Pool(Op):
         self.full_pads = (top, left, bottom + extra[0], right + extra[1])
         self.padded_shape = None
         self.workspace = None  # bound by the planner: holds the padded input
-        if any(self.full_pads):
+        self.native = ctx.backend.native_pool  # one device kernel, padding never copied
+        if any(self.full_pads) and not self.native:
             self.padded_shape = (n, h + top + bottom + extra[0], w + left + right + extra[1], c)
         self.set_output((n, c, *self.out_hw), ctx.in_dtypes[0], NHWC)
 
@@ -71,6 +72,12 @@ class _Pool(Op):
                         j * dw : j * dw + sw * (ow - 1) + 1 : sw]  # fmt: skip
 
     def pooled(self, x, out, combine) -> None:
+        if self.native:
+            kind = "max" if combine is self.xp.maximum else "average"
+            include_pad = bool(self.ctx.node.attrs.get("count_include_pad", 0))
+            self.ctx.backend.pool(x, out, kind, self.kernel, self.strides, self.dilations,
+                                  self.pads, include_pad)  # fmt: skip
+            return
         if self.padded_shape is not None:
             size = int(np.prod(self.padded_shape))
             padded = self.workspace.view(x.dtype)[:size].reshape(self.padded_shape)
@@ -93,6 +100,11 @@ class MaxPool(_Pool):
         if len(node.outputs) > 1 and node.outputs[1]:
             problems.append(f"{node.name} (MaxPool): the Indices output")
         return problems
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        dtype = ctx.in_dtypes[0]
+        self.fill = -np.inf if dtype.kind == "f" else np.iinfo(dtype).min  # padding never wins
 
     def run(self, ins, outs):
         self.pooled(ins[0], outs[0], self.xp.maximum)
@@ -119,7 +131,8 @@ class AveragePool(_Pool):
 
     def run(self, ins, outs):
         self.pooled(ins[0], outs[0], self.xp.add)
-        outs[0] *= self.reciprocal
+        if not self.native:  # the kernel divides by the window counts itself
+            outs[0] *= self.reciprocal
         return outs
 
 
