@@ -38,6 +38,8 @@ IMAGE_TYPES = {
 }
 NPY_TYPES = {"application/x-npy", "application/npy"}
 NPY_MAGIC = b"\x93NUMPY"
+# Formats Pillow cannot open (so it has no magic check for them): named so they get 415, not 400.
+FOREIGN_MAGIC = {b"%PDF-": "PDF", b"<svg": "SVG", b"<?xml": "XML"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ def sniff_format(data: bytes) -> str | None:
     """Name the image format from its magic bytes alone (no parser runs)."""
     Image.init()
     head = data[:32]
+    for magic, name in FOREIGN_MAGIC.items():
+        if head.startswith(magic):
+            return name
     for name, (_, accept) in Image.OPEN.items():
         try:
             if accept and accept(head):
