@@ -1,0 +1,131 @@
+"""The image installs `.` (CPU) or `.[gpu]` and nothing else: whatever the server and the tuner
+import must come from those requirements, never from the dev extra."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from tests.deploy.files import ROOT
+
+PACKAGES = ("engine", "service")
+# `python -m service` (the image's CMD) and `python -m engine.autotune` (the tools profile).
+ENTRY_POINTS = ("service.__main__", "engine.autotune")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Absolute names of everything a module imports, at any depth of its code."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1] if node.level else []
+            module = ".".join([*base, node.module] if node.module else base)
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def reachable_third_party(entries: tuple[str, ...]) -> set[str]:
+    """Top-level third-party modules imported by the code reachable from ``entries``."""
+    modules = _modules()
+    todo = [e for e in entries if e in modules]
+    assert todo, f"none of {entries} exists"
+    seen, outside = set(), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+        for imported in _imports(name, modules[name]) | set(parents):
+            top = imported.split(".")[0]
+            if imported in modules:
+                todo.append(imported)
+            elif top not in PACKAGES and top not in sys.stdlib_module_names:
+                outside.add(top)
+    return outside
+
+
+def runtime_distributions(extras: tuple[str, ...]) -> set[str]:
+    """Distributions `pip install .[extras]` brings, followed through installed metadata."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in project["dependencies"]]
+    for extra in extras:
+        todo += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    found: set[str] = set()
+    while todo:
+        requirement = todo.pop()
+        name = _normalize(requirement.name)
+        if name in found:
+            continue
+        found.add(name)
+        try:
+            requires = importlib.metadata.requires(requirement.name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            sub = Requirement(text)
+            wanted = requirement.extras or {""}
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in wanted):
+                todo.append(sub)
+    return found
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("variant,extras", [("cpu", ()), ("gpu", ("gpu",))])
+def test_served_code_imports_only_runtime_requirements(variant: str, extras: tuple) -> None:
+    distributions = importlib.metadata.packages_distributions()
+    allowed = runtime_distributions(extras)
+    entries = ENTRY_POINTS + tuple(e + ".__main__" for e in ENTRY_POINTS)
+    missing = {}
+    for module in reachable_third_party(entries):
+        owners = {_normalize(d) for d in distributions.get(module, [module])}
+        if not owners & allowed:
+            missing[module] = sorted(owners)
+    if variant == "cpu":  # the CPU image has no CuPy: the engine may import it on request only
+        missing.pop("cupy", None)
+    assert not missing, f"imported by the served code, not installed in the {variant} image"
+
+
+def import_time_imports(node: ast.AST) -> Iterator[str]:
+    """Modules imported when a module is imported: everything outside function bodies."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if isinstance(child, ast.Import):
+            yield from (alias.name for alias in child.names)
+        elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+            yield child.module
+        yield from import_time_imports(child)
+
+
+def test_cupy_is_never_imported_at_import_time() -> None:
+    # The CPU image has no CuPy: an import-time `import cupy` anywhere would stop it starting.
+    for name, path in _modules().items():
+        imported = list(import_time_imports(ast.parse(path.read_text())))
+        assert not [m for m in imported if m.split(".")[0] == "cupy"], name
