@@ -9,6 +9,7 @@ from __future__ import annotations
 import binascii
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -202,7 +203,7 @@ def read_npy(data: bytes) -> np.ndarray:
     if dtype.hasobject or dtype.fields is not None or dtype.kind != "f" or dtype.itemsize != 4:
         raise UnprocessableInput(f".npy dtype {dtype} is not accepted (float32 only)")
     payload = memoryview(data)[stream.tell() :]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # Python integers: a lying shape cannot overflow to match the body
     if count * dtype.itemsize != len(payload):
         raise MalformedRequest(
             f".npy header says {shape} ({count * dtype.itemsize} bytes), body has {len(payload)}"
