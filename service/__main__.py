@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from service.app import create_app
 from service.config import Settings
 from service.lifecycle import State
+from service.runtime import ModelFactory
 from service.server import DrainingServer
 
 
@@ -46,13 +47,14 @@ def parse_settings(argv: list[str]) -> Settings:
         sys.exit(2)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, model_factory: ModelFactory | None = None) -> int:
+    """Parse settings, serve until SIGTERM/SIGINT; exit code 1 if the model failed to load."""
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app = create_app(settings)
+    app = create_app(settings, model_factory)
     config = uvicorn.Config(
         app,
         host=settings.host,

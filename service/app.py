@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.config import Settings
-from service.errors import install_handlers
+from service.handlers import install_handlers
 from service.middleware import BodyLimit, RequestMetrics
 from service.routes import health, kserve, metrics, predict
 from service.runtime import ModelFactory, Runtime

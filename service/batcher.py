@@ -21,7 +21,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InferenceFailed, NotReadyError, QueueFullError
+from service.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    NotReadyError,
+    QueueFullError,
+    to_service_error,
+)
 
 log = logging.getLogger("gemmserve.batcher")
 
@@ -101,7 +107,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._busy = False
+        self._running = 0
         self._thread: threading.Thread | None = None
 
     @property
@@ -110,9 +116,9 @@ class Batcher:
         return len(self._queue)
 
     @property
-    def idle(self) -> bool:
-        """Nothing queued and nothing running."""
-        return not self._queue and not self._busy
+    def running(self) -> int:
+        """Images in the batch the engine is running now."""
+        return self._running
 
     def start(self) -> asyncio.Future:
         """Start the engine thread; the future resolves with ``setup()``'s result (or its error)."""
@@ -182,8 +188,7 @@ class Batcher:
         loop.call_soon_threadsafe(_settle, ready, self._run_fn, None)
         while (batch := self._next_batch()) is not None:
             self._run(batch)
-            with self._cond:
-                self._busy = False
+            self._running = 0
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
@@ -197,7 +202,7 @@ class Batcher:
                 self._gather_more()
             count = min(len(self._queue), self.max_batch_size)
             taken = [self._queue.popleft() for _ in range(count)]
-            self._busy = True
+            self._running = count
         return taken
 
     def _gather_more(self) -> None:
@@ -211,12 +216,12 @@ class Batcher:
             self._cond.wait(remaining)
 
     def _live(self, items: list[_Item]) -> list[_Item]:
-        """Drop abandoned items (cost no engine time) and fail expired ones before they run."""
+        """Fail expired items and drop abandoned ones before they run: they cost no engine time."""
         now = time.monotonic()
-        abandoned = [i for i in items if i.abandoned]
-        expired = [i for i in items if not i.abandoned and i.deadline <= now]
-        if abandoned:
-            self._observer.on_reject("cancelled", len(abandoned))
+        expired = [i for i in items if i.deadline <= now]
+        cancelled = [i for i in items if i.abandoned and i.deadline > now]
+        if cancelled:
+            self._observer.on_reject("cancelled", len(cancelled))
         self._fail(expired, DeadlineExceeded("deadline passed while queued"), "deadline")
         return [i for i in items if not i.abandoned and i.deadline > now]
 
@@ -242,7 +247,7 @@ class Batcher:
 
     def _on_failure(self, items: list[_Item], exc: Exception) -> None:
         if len(items) == 1:
-            self._fail(items, exc, None)
+            self._fail(items, to_service_error(exc), None)
             return
         reason = "oom" if getattr(exc, "recoverable", False) else "error"
         log.warning("batch of %d failed (%s: %s); splitting", len(items), type(exc).__name__, exc)

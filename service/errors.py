@@ -1,22 +1,9 @@
-"""Typed service errors and their one translation to HTTP.
-
-Code that knows a fact raises the matching type; ``install_handlers`` is the only place that turns
-errors into status codes and JSON bodies (``{"error": {"code", "message"}}``; under ``/v2`` the Open
-Inference Protocol's ``{"error": "message"}``).
-"""
+"""Typed service errors. Code that knows a fact raises the matching type; each type carries its
+HTTP status and code, which ``service.handlers`` (the one place) turns into responses."""
 
 from __future__ import annotations
 
-import logging
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from engine.errors import EngineError, InputShapeError
-
-log = logging.getLogger("gemmserve")
 
 
 class ServiceError(Exception):
@@ -92,19 +79,16 @@ class ClientDisconnected(ServiceError):
     status, code = 499, "client_disconnected"
 
 
+class Overloaded(ServiceError):
+    """The device ran out of memory even for a single image."""
+
+    status, code, retry_after_s = 503, "overloaded", 1
+
+
 class InferenceFailed(ServiceError):
     """The engine failed on this input even when run alone."""
 
     status, code = 500, "inference_failed"
-
-
-def error_response(request_path: str, status: int, code: str, message: str, **headers: str):
-    """Render one error in the format of the route family it belongs to."""
-    if request_path.startswith("/v2"):
-        body: dict = {"error": message}
-    else:
-        body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def to_service_error(exc: Exception) -> ServiceError:
@@ -113,40 +97,8 @@ def to_service_error(exc: Exception) -> ServiceError:
         return exc
     if isinstance(exc, InputShapeError):
         return UnprocessableInput(str(exc))
+    if isinstance(exc, EngineError) and exc.recoverable:
+        return Overloaded(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, EngineError):
         return InferenceFailed(f"{type(exc).__name__}: {exc}")
     return InferenceFailed(f"{type(exc).__name__}")
-
-
-def install_handlers(app: FastAPI) -> None:
-    """Register the exception handlers: the single place errors become HTTP."""
-
-    async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        err = to_service_error(exc)
-        if err.status >= 500 and err.status not in (503, 504):
-            log.error("request %s failed: %s", request.url.path, err.message)
-        headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else {}
-        return error_response(request.url.path, err.status, err.code, err.message, **headers)
-
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        parts = [
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
-        ]
-        return error_response(request.url.path, 422, "invalid_parameter", "; ".join(parts)[:500])
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        headers = dict(exc.headers or {})
-        return error_response(request.url.path, exc.status_code, code, str(exc.detail), **headers)
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
-        return error_response(request.url.path, 500, "internal", "internal server error")
-
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(EngineError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)

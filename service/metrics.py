@@ -63,6 +63,9 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
+        self.running = Gauge(
+            "gemmserve_batch_running_images", "Images in the batch being run now", registry=reg
+        )
         self.ready = Gauge("gemmserve_ready", "1 when the service admits requests", registry=reg)
         self.inflight = Gauge(
             "gemmserve_requests_in_flight", "Inference requests being served", registry=reg
@@ -74,11 +77,13 @@ class Metrics:
     def bind(
         self,
         queue_depth: Callable[[], float],
+        running: Callable[[], float],
         ready: Callable[[], float],
         inflight: Callable[[], float],
     ) -> None:
         """Read these at scrape time instead of tracking every change."""
         self.queue_depth.set_function(queue_depth)
+        self.running.set_function(running)
         self.ready.set_function(ready)
         self.inflight.set_function(inflight)
 

@@ -6,7 +6,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import MalformedRequest, PayloadTooLarge, error_response
+from service.errors import MalformedRequest, PayloadTooLarge
+from service.handlers import error_response
 from service.metrics import Metrics
 
 

@@ -120,6 +120,7 @@ class Runtime:
         )
         self.metrics.bind(
             queue_depth=lambda: self.batcher.depth,
+            running=lambda: self.batcher.running,
             ready=lambda: float(self.lifecycle.ready),
             inflight=lambda: self.lifecycle.inflight,
         )
