@@ -51,22 +51,30 @@ def _lay_out(stage: str, root: Path) -> None:
             shutil.copy2(origin, target)
 
 
-def _install(root: Path) -> Path:
-    """The build stage's ``pip install .``, as a wheel unpacked into ``root/opt/site``."""
+def _install(root: Path) -> tuple[Path, set[Path]]:
+    """The build stage's ``pip install .``, as a wheel unpacked into ``root/opt/site``; also the
+    package files the build context held (relative paths)."""
     _lay_out("build", root)
+    source = root / "src"
+    packaged = {
+        p.relative_to(source)
+        for package in ("engine", "service")
+        for p in (source / package).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     wheels = root / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(wheels), str(root / "src")],
+        + ["-w", str(wheels), str(source)],
         check=True,
         capture_output=True,
     )
     (wheel,) = wheels.glob("gemmserve-*.whl")
     site = root / "opt" / "site"
     shutil.unpack_archive(wheel, site, format="zip")
-    shutil.rmtree(root / "src")
+    shutil.rmtree(source)
     shutil.rmtree(wheels)
-    return site
+    return site, packaged
 
 
 def _free_port() -> int:
@@ -114,8 +122,8 @@ def _post_png(url: str) -> tuple[int, dict]:
 class Image:
     """The rehearsed container: its root, port and running process."""
 
-    def __init__(self, root: Path, env: dict[str, str], argv: list[str], log: Path):
-        self.root, self.env, self.log = root, env, log
+    def __init__(self, root: Path, env: dict[str, str], argv: list[str], log: Path, packaged):
+        self.root, self.env, self.log, self.packaged = root, env, log, packaged
         self.port = int(env["GEMMSERVE_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.before = _files(root)
@@ -144,12 +152,12 @@ def image(tmp_path_factory) -> Iterator[Image]:
     if not (ROOT / "models" / "digits" / "model.onnx").exists():
         pytest.fail("the bundled model models/digits/model.onnx is missing")
     root = tmp_path_factory.mktemp("image")
-    site = _install(root)
+    site, packaged = _install(root)
     _lay_out("runtime", root)
     (root / VOLUME_DIR.lstrip("/")).mkdir(parents=True)
     env = _environment(root, site, _free_port())
     log = tmp_path_factory.mktemp("image-log") / "server.log"
-    started = Image(root, env, [sys.executable, *image_argv()[1:]], log)
+    started = Image(root, env, [sys.executable, *image_argv()[1:]], log, packaged)
     try:
         started.wait_ready()
         yield started
@@ -171,6 +179,14 @@ def test_installed_package_is_what_runs(image: Image) -> None:
     )
     site = image.root / "opt" / "site"
     assert all(Path(line).is_relative_to(site) for line in done.stdout.split()), done.stdout
+
+
+def test_installed_package_carries_every_file_of_the_build_context(image: Image) -> None:
+    # Modules and data (the CUDA kernel sources the GPU backend compiles at run time): a folder
+    # without __init__.py or a file pattern missing from package-data would be left out.
+    site = image.root / "opt" / "site"
+    missing = sorted(str(p) for p in image.packaged if not (site / p).is_file())
+    assert not missing, f"in engine/ or service/ but not installed: {missing}"
 
 
 def test_image_healthcheck_passes_against_the_server(image: Image) -> None:
