@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(report_p, "report")
     report_p.add_argument("--users", type=int_list, default=[1, 2, 4, 8, 16, 32, 64, 128])
     report_p.add_argument("--batch-sizes", type=int_list, default=[1, 4, 16, 32])
-    report_p.add_argument("--point-s", type=float, default=4.0, help="seconds per point")
+    report_p.add_argument("--point-s", type=float, default=5.0, help="seconds per point")
     report_p.add_argument("--docs", type=Path, default=None, help="write LOADTEST.md + PNGs here")
+    report_p.add_argument("--from-csv", type=Path, default=None, help="re-render a points.csv")
 
     soak_p = commands.add_parser("soak", help="long mixed run; RSS, queue depth, p99 over time")
     common(soak_p, "soak")
@@ -70,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["python -m loadtests", *argv])
     target = Target(args.model, args.device, tuple(args.flags))
     if args.command == "run":
         plan = dict(

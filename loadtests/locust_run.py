@@ -33,7 +33,9 @@ class LocustPlan:
     spawn_rate: float | None = None  # default: all users at once
     arrival_rate: float = 20.0
     burst_factor: float = 1.0
+    burst_period_s: float = 2.0
     full_history: bool = False
+    reset_stats: bool = False  # drop what was counted while users were spawning (report only)
 
     def command(self) -> list[str]:
         """The ``locust`` command line; it exits non-zero on any failed request."""
@@ -44,8 +46,11 @@ class LocustPlan:
         args += ["--stop-timeout", "10", "--loglevel", "WARNING"]
         args += ["--arrival-rate", f"{self.arrival_rate:g}"]
         args += ["--burst-factor", f"{self.burst_factor:g}"]
+        args += ["--burst-period-s", f"{self.burst_period_s:g}"]
         if self.full_history:
             args.append("--csv-full-history")
+        if self.reset_stats:
+            args.append("--reset-stats")
         return args + list(SCENARIOS[self.scenario])
 
 

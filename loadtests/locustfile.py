@@ -47,15 +47,21 @@ def _options(parser) -> None:
     group.add_argument("--arrival-rate", type=float, default=20.0, help="requests/s (open loop)")
     group.add_argument("--burst-factor", type=float, default=1.0, help="1 = plain Poisson")
     group.add_argument("--burst-period-s", type=float, default=2.0, help="burst cycle length")
-    group.add_argument("--max-in-flight", type=int, default=256, help="open-loop request cap")
+    group.add_argument("--max-in-flight", type=int, default=1024, help="open-loop request cap")
+
+
+@events.init.add_listener
+def _images(**_kwargs) -> None:
+    """Encode the PNGs at start-up, before any timed run begins."""
+    STATE["pngs"] = png_pool(SEED)
 
 
 @events.test_start.add_listener
-def _prepare(environment, **_kwargs) -> None:
-    """Ask the service for its model once, then build every payload in memory."""
+def _model(environment, **_kwargs) -> None:
+    """Ask the service for its model once; the tensors and bad inputs depend on its shape."""
     with urllib.request.urlopen(environment.host.rstrip("/") + "/model", timeout=30) as response:
         shape = ModelShape.from_info(json.load(response))
-    STATE.update(shape=shape, pngs=png_pool(SEED), bad=bad_inputs(shape, SEED))
+    STATE.update(shape=shape, bad=bad_inputs(shape, SEED))
 
 
 class ClientBase(FastHttpUser):

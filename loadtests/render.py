@@ -1,0 +1,111 @@
+"""The load-test report: ``LOADTEST.md`` tables and PNG plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from loadtests.report import Point  # noqa: E402
+from loadtests.report_text import PLOTS, arrivals, document  # noqa: E402
+
+
+def machine() -> dict[str, str]:
+    """CPU model, core count, memory, OS and Python, for the report's header."""
+    cpu = platform.processor() or "unknown CPU"
+    memory = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024**2:.0f} GiB RAM"
+    except OSError:
+        pass  # not Linux: keep what platform gave
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": memory or "unknown RAM",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def series(points: list[Point], mbs: int, field: str) -> tuple[list[int], list[float]]:
+    chosen = sorted((p for p in points if p.mode == "closed" and p.max_batch_size == mbs),
+                    key=lambda p: p.users)  # fmt: skip
+    return [p.users for p in chosen], [getattr(p, field) for p in chosen]
+
+
+def batch_sizes(points: list[Point], mode: str = "closed") -> list[int]:
+    return sorted({p.max_batch_size for p in points if p.mode == mode})
+
+
+def label(mbs: int) -> str:
+    return "mbs 1 (no batching)" if mbs == 1 else f"mbs {mbs}"
+
+
+def plot_throughput(points: list[Point], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for mbs in batch_sizes(points):
+        ax.plot(*series(points, mbs, "rps"), marker="o", label=label(mbs))
+    ax.set(xscale="log", xlabel="concurrent users (closed loop)", ylabel="requests/s", title=title)
+    finish(fig, ax, path)
+
+
+def plot_latency(points: list[Point], path: Path, title: str) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
+    for ax, field in zip(axes, ("p50_ms", "p95_ms", "p99_ms")):
+        for mbs in batch_sizes(points):
+            ax.plot(*series(points, mbs, field), marker="o", label=label(mbs))
+        ax.set(xscale="log", yscale="log", xlabel="concurrent users", title=field[:3])
+    axes[0].set_ylabel("latency, ms")
+    fig.suptitle(title)
+    finish(fig, axes[0], path)
+
+
+def plot_open(points: list[Point], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for mbs in batch_sizes(points, "open"):
+        for burst in sorted({p.burst_factor for p in points if p.mode == "open"}):
+            chosen = [p for p in points if p.mode == "open" and p.max_batch_size == mbs]
+            chosen = sorted((p for p in chosen if p.burst_factor == burst),
+                            key=lambda p: p.arrival_rate)  # fmt: skip
+            style = "-" if burst <= 1 else "--"
+            ax.plot([p.arrival_rate for p in chosen], [p.p99_ms for p in chosen], style,
+                    marker="o", label=f"{label(mbs)}, {arrivals(burst)}")  # fmt: skip
+    ax.set(yscale="log", xlabel="offered requests/s (open loop)", ylabel="p99 latency, ms",
+           title=title)  # fmt: skip
+    finish(fig, ax, path)
+
+
+def finish(fig, ax, path: Path) -> None:
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_docs(points: list[Point], docs: Path, model: Path, command: str, point_s: float) -> None:
+    """Write ``docs/LOADTEST.md`` and the three plots next to it."""
+    docs.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    where = f"{info['cpu']}, {info['cores']} cores"
+    plot_throughput(
+        points, docs / PLOTS["throughput"], f"Throughput, single-PNG requests ({where})"
+    )
+    plot_latency(points, docs / PLOTS["latency"], f"Latency, single-PNG requests ({where})")
+    if any(p.mode == "open" for p in points):
+        plot_open(points, docs / PLOTS["open"], f"Open loop: p99 against arrival rate ({where})")
+    text = document(points, info, model, command, point_s)
+    (docs / "LOADTEST.md").write_text(text)
