@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +39,15 @@ class ConvAlgorithm:
         self.xp = backend.xp
         bias = np.zeros(spec.k, np.float32) if bias is None else bias
         self.bias = backend.asarray(np.ascontiguousarray(bias, dtype=np.float32))
+
+    def shared(self, what: str, weight: np.ndarray, make):
+        """``make()``'s re-laid weights, made once per layer and algorithm and shared by the
+        instances of every batch bucket (only the batch size differs between them)."""
+        cache = self.backend.__dict__.setdefault("_prepared_weights", {})
+        key = (self.name, what, id(weight), dataclasses.replace(self.spec, n=0))
+        if key not in cache:
+            cache[key] = (weight, make())  # holding ``weight`` keeps its id from being reused
+        return cache[key][1]
 
     def __call__(self, x, out, workspace) -> None:
         """x: (N, H, W, C) contiguous; out: (N, OH, OW, K) contiguous; workspace: 1-D float32."""

@@ -41,9 +41,9 @@ class DepthwiseDirect(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        mult = spec.k // spec.c
-        taps = np.asarray(weight, np.float32).reshape(spec.c, mult, spec.r, spec.s)
-        self.taps = backend.asarray(np.ascontiguousarray(taps.transpose(2, 3, 0, 1)))
+        self.taps = self.shared(
+            "taps", weight, lambda: backend.asarray(depthwise_taps(spec, weight))
+        )
         self.chunk = self.images_per_chunk(spec)
 
     def __call__(self, x, out, workspace) -> None:
@@ -77,3 +77,9 @@ class DepthwiseDirect(ConvAlgorithm):
                 else:
                     xp.multiply(tap, self.taps[i, j], out=product)
                     out5 += product
+
+
+def depthwise_taps(spec: ConvSpec, weight: np.ndarray) -> np.ndarray:
+    """(K, 1, R, S) -> (R, S, C, K/C): per tap, a channel-contiguous row of multipliers."""
+    taps = np.asarray(weight, np.float32).reshape(spec.c, spec.k // spec.c, spec.r, spec.s)
+    return np.ascontiguousarray(taps.transpose(2, 3, 0, 1))

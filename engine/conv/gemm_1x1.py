@@ -27,7 +27,9 @@ class Gemm1x1(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.weights = backend.asarray(gemm_weights(spec, weight))
+        self.weights = self.shared(
+            "gemm", weight, lambda: backend.asarray(gemm_weights(spec, weight))
+        )
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec

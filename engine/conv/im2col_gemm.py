@@ -30,7 +30,9 @@ class Im2colGemm(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.weights = backend.asarray(gemm_weights(spec, weight))
+        self.weights = self.shared(
+            "gemm", weight, lambda: backend.asarray(gemm_weights(spec, weight))
+        )
 
     def __call__(self, x, out, workspace) -> None:
         out2d = out.reshape(-1, self.spec.k)

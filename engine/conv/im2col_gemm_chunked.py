@@ -74,7 +74,9 @@ class Im2colGemmChunked(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.weights = backend.asarray(gemm_weights(spec, weight))
+        self.weights = self.shared(
+            "gemm", weight, lambda: backend.asarray(gemm_weights(spec, weight))
+        )
         self.chunks = list(plan_chunks(spec, self.chunk_elems))
 
     def __call__(self, x, out, workspace) -> None:

@@ -66,14 +66,17 @@ class Winograd3x3(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        a = self.m + 2
-        g = np.asarray(self.G, np.float64)
-        u = np.einsum("ir,kcrs,js->ijck", g, np.asarray(weight, np.float64), g)
-        self.u = backend.asarray(u.reshape(a * a, spec.c, spec.k).astype(np.float32))
+        self.u = self.shared("winograd", weight, lambda: backend.asarray(self.transform(weight)))
         self.bb = backend.asarray(np.kron(self.BT, self.BT).astype(np.float32))
         self.aa = backend.asarray(np.kron(self.AT, self.AT).astype(np.float32))
         self.chunk = self.images_per_chunk(spec)
         self.region = self.region_elems(spec, self.chunk)
+
+    def transform(self, weight: np.ndarray) -> np.ndarray:
+        """G w G^T for every (k, c): the (a*a, C, K) filter tiles, computed in float64."""
+        a, g = self.m + 2, np.asarray(self.G, np.float64)
+        u = np.einsum("ir,kcrs,js->ijck", g, np.asarray(weight, np.float64), g)
+        return u.reshape(a * a, self.spec.c, self.spec.k).astype(np.float32)
 
     def __call__(self, x, out, workspace) -> None:
         for n0 in range(0, self.spec.n, self.chunk):
