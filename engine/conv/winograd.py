@@ -19,6 +19,9 @@ from engine.backends.base import pad_into
 from engine.conv.base import ConvAlgorithm
 from engine.conv.spec import ConvSpec
 
+#: activations applied while the output tiles are copied into place (others run afterwards)
+FUSED = ("none", "relu")
+
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
@@ -68,7 +71,11 @@ class Winograd3x3(ConvAlgorithm):
         super().__init__(spec, weight, bias, backend)
         self.u = self.shared("winograd", weight, lambda: backend.asarray(self.transform(weight)))
         self.bb = backend.asarray(np.kron(self.BT, self.BT).astype(np.float32))
-        self.aa = backend.asarray(np.kron(self.AT, self.AT).astype(np.float32))
+        aa = np.kron(self.AT, self.AT)
+        self.aa = backend.asarray(aa.astype(np.float32))
+        # a tile position that A^T . A spreads with weight 1 onto every output: the bias added
+        # there (one (tiles, K) slab) reaches every output pixel through the output transform
+        self.bias_position = int(np.flatnonzero((aa == 1).all(axis=0))[0])
         self.chunk = self.images_per_chunk(spec)
         self.region = self.region_elems(spec, self.chunk)
 
@@ -82,7 +89,8 @@ class Winograd3x3(ConvAlgorithm):
         for n0 in range(0, self.spec.n, self.chunk):
             n1 = min(self.spec.n, n0 + self.chunk)
             self._run(x[n0:n1], out[n0:n1], workspace)
-        self.finish(out.reshape(-1, self.spec.k))
+        if self.spec.epilogue.kind not in FUSED:
+            self.backend.epilogue(out.reshape(-1, self.spec.k), None, self.spec.epilogue)
 
     def _run(self, x, out, workspace) -> None:
         """One chunk of images; two workspace regions take turns as source and destination."""
@@ -105,12 +113,20 @@ class Winograd3x3(ConvAlgorithm):
         xp.matmul(self.bb, d.reshape(a * a, tiles * c), out=v)
         prod = two[: a * a * tiles * k].reshape(a * a, tiles, k)
         xp.matmul(v.reshape(a * a, tiles, c), self.u, out=prod)
+        prod[self.bias_position] += self.bias
         y = one[: m * m * tiles * k].reshape(m * m, tiles * k)
         xp.matmul(self.aa, prod.reshape(a * a, tiles * k), out=y)
         y = y.reshape(m, m, images, th, tw, k).transpose(2, 3, 0, 4, 1, 5)
         if (th * m, tw * m) == (spec.out_h, spec.out_w):
-            out.reshape(images, th, m, tw, m, k)[...] = y
+            self._untile(y, out.reshape(images, th, m, tw, m, k))
             return
         full = two[: images * th * m * tw * m * k].reshape(images, th, m, tw, m, k)
-        full[...] = y
+        self._untile(y, full)
         out[...] = full.reshape(images, th * m, tw * m, k)[:, : spec.out_h, : spec.out_w]
+
+    def _untile(self, y, target) -> None:
+        """Copy the output tiles into place, applying a ReLU on the way (one pass, not two)."""
+        if self.spec.epilogue.kind == "relu":
+            self.xp.maximum(y, 0, out=target)
+        else:
+            target[...] = y
