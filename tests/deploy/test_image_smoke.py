@@ -2,10 +2,12 @@
 
 The build stage's files are copied as the Dockerfile copies them, built into a wheel and unpacked
 into a fake image root; the runtime stage's files and environment are laid out under the same
-root; then the image's command runs there on a loopback port. What it checks: the package works
-when installed (not from the source tree), the bundled model serves, the image's healthcheck
-passes, /metrics carries the names the dashboard reads, nothing is written outside the cache
-volume and /tmp (the root filesystem is read-only), and SIGTERM ends it inside the grace period.
+root; the Compose tuner (tools profile, CPU override) fills the cache volume; then the image's
+command runs there with the Compose environment, on a loopback port. What it checks: the package
+works when installed (not from the source tree), the tuner's cache is what the server starts
+from, the bundled model serves, the image's healthcheck passes, /metrics carries the names the
+dashboard reads, nothing is written outside the cache volume (the root filesystem is read-only),
+and SIGTERM ends it inside the grace period.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import yaml
 
 from loadtests.service_proc import CLEAN_EXIT_CODES, free_port, http_get
 from tests.deploy.files import GPU_ONLY_METRICS, METRICS, ROOT, copied_files
-from tests.deploy.test_compose import seconds
+from tests.deploy.test_compose import CPU, compose_config, seconds
 from tests.deploy.test_dockerfile import STAGES, healthcheck_argv, run_healthcheck
 from tests.deploy.test_entrypoint import image_argv, image_env
 
@@ -76,15 +78,35 @@ def _install(root: Path) -> tuple[Path, set[Path]]:
     return site, packaged
 
 
-def _environment(root: Path, site: Path, port: int) -> dict[str, str]:
-    """The image's environment with its paths moved under ``root``; loopback and a free port."""
+def _move(value: str, root: Path) -> str:
+    """An image path (the model under /app, the cache volume) moved under ``root``."""
+    return str(root / value.lstrip("/")) if value.startswith(("/app", VOLUME_DIR)) else value
+
+
+def _environment(root: Path, site: Path, service: dict) -> dict[str, str]:
+    """The image's environment and a Compose service's (CPU override), paths moved under
+    ``root``; the server binds loopback on a free port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEMMSERVE_")}
     env.pop("VIRTUAL_ENV", None)
-    for key, value in image_env("cpu").items() | {"PYTHONDONTWRITEBYTECODE": "1"}.items():
-        moved = value.startswith(("/app", VOLUME_DIR))
-        env[key] = str(root / value.lstrip("/")) if moved else value
-    env.update(PYTHONPATH=str(site), GEMMSERVE_HOST="127.0.0.1", GEMMSERVE_PORT=str(port))
+    settings = {**image_env("cpu"), "PYTHONDONTWRITEBYTECODE": "1"}
+    settings |= {k: v for k, v in service.get("environment", {}).items() if v is not None}
+    env |= {key: _move(value, root) for key, value in settings.items()}
+    env.update(PYTHONPATH=str(site), GEMMSERVE_HOST="127.0.0.1", GEMMSERVE_PORT=str(free_port()))
     return env
+
+
+def _run_tuner(root: Path, site: Path, service: dict) -> None:
+    """``docker compose run --rm autotune``: its command, in the image, on the cache volume."""
+    argv = [_move(word, root) for word in service["command"]]
+    assert argv[0] == "python"
+    done = subprocess.run(
+        [sys.executable, *argv[1:]],
+        cwd=root / "app",
+        env=_environment(root, site, service),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def _files(root: Path) -> set[Path]:
@@ -140,7 +162,9 @@ def image(tmp_path_factory) -> Iterator[Image]:
     site, packaged = _install(root)
     _lay_out("runtime", root)
     (root / VOLUME_DIR.lstrip("/")).mkdir(parents=True)
-    env = _environment(root, site, free_port())
+    services = compose_config(CPU, ("tools",))["services"]
+    _run_tuner(root, site, services["autotune"])
+    env = _environment(root, site, services["gemmserve"])
     log = tmp_path_factory.mktemp("image-log") / "server.log"
     started = Image(root, env, [sys.executable, *image_argv()[1:]], log, packaged)
     try:
@@ -198,14 +222,14 @@ def test_metrics_carry_every_name_the_dashboard_reads(image: Image) -> None:
             assert types.get(name) == kind, f"{name}: {types.get(name)} (expected {kind})"
 
 
-def test_tuning_results_land_in_the_cache_volume(image: Image) -> None:
+def test_server_starts_from_the_cache_the_tuner_filled(image: Image) -> None:
+    # The tools profile's tuner wrote the volume; the server found every conv layer there.
+    cache = Path(image.env["GEMMSERVE_AUTOTUNE_CACHE"])
+    assert cache.is_file() and cache.is_relative_to(image.root / VOLUME_DIR.lstrip("/"))
     status, body = http_get(image.url + "/model")
     assert status == 200
-    layers = json.loads(body)["layers"]
-    assert layers
-    if any(layer["source"] == "tuned" for layer in layers):
-        cache = Path(image.env["GEMMSERVE_AUTOTUNE_CACHE"])
-        assert cache.is_file() and cache.is_relative_to(image.root / VOLUME_DIR.lstrip("/"))
+    convs = [layer for layer in json.loads(body)["layers"] if layer["op"] == "Conv"]
+    assert convs and all(layer["source"] == "cache" for layer in convs), convs
 
 
 def test_sigterm_ends_the_server_within_the_grace_period_writing_only_the_volume(
