@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -72,6 +73,20 @@ def test_dashboard_queries_read_only_the_service_metrics_and_all_of_them() -> No
         used |= names
     bases = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
     assert bases >= set(METRICS), f"not on the dashboard: {set(METRICS) - bases}"
+
+
+def test_service_registers_every_metric_the_dashboard_reads() -> None:
+    # The CPU rehearsal (test_image_smoke) sees the others on /metrics; the GPU gauges are only
+    # registered on a GPU, so here their names must at least be in the service's code.
+    names = set()
+    for path in (ROOT / "service").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)
+    for name, kind in METRICS.items():
+        # prometheus_client appends _total to counters itself
+        registered = name.removesuffix("_total") if kind == "counter" else name
+        assert registered in names or name in names, f"service/ never registers {name}"
 
 
 def test_alerts_read_only_the_service_metrics() -> None:
