@@ -31,11 +31,29 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _optional_imports(tree: ast.AST) -> set[int]:
+    """ids of import nodes inside ``try: ... except ImportError``: deliberate optional imports."""
+    optional = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+            for h in node.handlers
+        ):
+            for statement in node.body:
+                optional |= {id(n) for n in ast.walk(statement)}
+    return optional
+
+
 def _imports(name: str, path: Path) -> set[str]:
-    """Absolute names of everything a module imports, at any depth of its code."""
+    """Absolute names of everything a module imports, at any depth of its code, except the
+    optional imports (guarded by ``except ImportError``)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    optional = _optional_imports(tree)
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
