@@ -11,7 +11,8 @@ from onnx import helper, numpy_helper
 from engine.errors import ModelLoadError, UnsupportedModelError
 from engine.graph import Graph, Node, ValueInfo
 
-MIN_OPSET, MAX_OPSET = 7, 22
+# each op also refuses versions newer than it implements (Op.max_version)
+MIN_OPSET, MAX_OPSET = 7, 25
 
 
 def read_model(source) -> onnx.ModelProto:

@@ -35,7 +35,11 @@ def remove_identities(graph: Graph) -> None:
     """Identity and inference Dropout forward their input (unless they produce a graph output)."""
     outputs = graph.output_names()
     for node in list(graph.nodes):
-        if node.op in ("Identity", "Dropout") and node.outputs[0] not in outputs:
+        if (
+            node.op in ("Identity", "Dropout")
+            and not any(node.outputs[1:])
+            and (node.outputs[0] not in outputs)
+        ):
             graph.nodes.remove(node)
             _rename_uses(graph, node.outputs[0], node.inputs[0])
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import onnx.defs
 
 from engine.graph import Node
 
@@ -80,13 +81,30 @@ class Op:
     layout: ClassVar[str] = PLAIN
     #: False when outputs are views of inputs (no buffer is planned for them).
     allocates: ClassVar[bool] = True
+    #: the newest ONNX version of the operator whose semantics this class implements; versions
+    #: after it are refused until someone checks what they changed.
+    max_version: ClassVar[int] = 22
+    #: indices of inputs whose values the op needs when it is planned (weights, shapes, axes).
+    constant_inputs: ClassVar[tuple[int, ...]] = ()
 
     @classmethod
     def check(cls, node: Node, opset: int) -> list[str]:
-        """Problems that make this node unsupported (unknown attributes by default)."""
+        """Problems that make this node unsupported: unknown attributes, too new a version."""
         # attributes starting with "_" are the engine's own, set by graph passes
         unknown = sorted(a for a in set(node.attrs) - set(cls.attributes) if a[0] != "_")
-        return [f"{node.name} ({node.op}): unsupported attribute {a!r}" for a in unknown]
+        problems = [f"{node.name} ({node.op}): unsupported attribute {a!r}" for a in unknown]
+        return problems + cls.version_problems(node, opset)
+
+    @classmethod
+    def version_problems(cls, node: Node, opset: int) -> list[str]:
+        try:
+            version = onnx.defs.get_schema(node.op, opset).since_version
+        except onnx.defs.SchemaError:
+            return [f"{node.name} ({node.op}): not an operator of opset {opset}"]
+        if version > cls.max_version:
+            return [f"{node.name} ({node.op}): version {version} (opset {opset}) is newer than "
+                    f"the implemented version {cls.max_version}"]  # fmt: skip
+        return []
 
     @classmethod
     def wants_nhwc(cls, ctx: OpContext) -> bool:

@@ -15,6 +15,7 @@ class Conv(Op):
     attributes = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None,
                   "pads": None, "strides": None}  # fmt: skip
     layout = NHWC
+    constant_inputs = (1, 2)
     #: set by the fusion pass: an Epilogue folded in from a following activation
     EPILOGUE_ATTR = "_epilogue"
 

@@ -64,21 +64,24 @@ class Activation(_Elementwise):
     def check(cls, node, opset):
         allowed = set(ACTIVATION_ATTRS[node.op][1])
         unknown = sorted(set(node.attrs) - allowed)
-        return [f"{node.name} ({node.op}): unsupported attribute {a!r}" for a in unknown]
+        problems = [f"{node.name} ({node.op}): unsupported attribute {a!r}" for a in unknown]
+        return problems + cls.version_problems(node, opset)
 
     def __init__(self, ctx):
         super().__init__(ctx)
         constants = {n: c for n, c in zip(ctx.node.inputs, ctx.constants) if c is not None}
         self.params = activation_params(ctx.node, constants)
+        if ctx.node.op == "Clip" and ctx.in_dtypes[0].kind != "f":
+            self.params = None  # integer Clip: bounds of the input's own type, never floats
         self.set_output(ctx.in_shapes[0], ctx.in_dtypes[0], ctx.in_layouts[0])
 
     def run(self, ins, outs):
         out = outs[0]
         out[...] = ins[0]
-        if self.params is None:  # Clip with run-time bounds
-            low = ins[1] if len(ins) > 1 and ins[1] is not None else -np.inf
-            high = ins[2] if len(ins) > 2 and ins[2] is not None else np.inf
-            self.xp.clip(out, low, high, out=out)
+        if self.params is None:  # Clip with run-time (or integer) bounds given as inputs
+            low, high = (ins[i] if len(ins) > i else None for i in (1, 2))
+            if low is not None or high is not None:
+                self.xp.clip(out, low, high, out=out)
         else:
             apply_activation(self.xp, out, *self.params)
         return outs
@@ -114,17 +117,39 @@ class Binary(_Elementwise):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.ufunc = getattr(self.xp, BINARY[ctx.node.op])
+        op = ctx.node.op
         shape = broadcast_shapes(ctx.in_shapes, ctx.node)
-        dtype = np.result_type(*ctx.in_dtypes)
+        # Pow's result has the base's type; the others promote like NumPy
+        dtype = ctx.in_dtypes[0] if op == "Pow" else np.result_type(*ctx.in_dtypes)
+        self.ufunc = binary_function(self.xp, op, dtype)
         self.set_output(shape, dtype, self.output_layout())
 
     def run(self, ins, outs):
         out = outs[0]
-        self.ufunc(self.operand(0, ins), self.operand(1, ins) if len(ins) > 1 else 0, out=out)
+        if len(ins) == 1:  # Sum, Max or Min of one input
+            out[...] = self.operand(0, ins)
+            return outs
+        self.ufunc(self.operand(0, ins), self.operand(1, ins), out=out)
         for index in range(2, len(ins)):
             self.ufunc(out, self.operand(index, ins), out=out)
         return outs
+
+
+def binary_function(xp, op: str, dtype: np.dtype):
+    """The NumPy-style function computing ``op`` into an output of ``dtype``."""
+    if op == "Pow":
+        # an integer base with a float exponent: computed in floating point, cast back
+        return lambda a, b, out: xp.power(a, b, out=out, casting="unsafe")
+    if op == "Div" and dtype.kind in "iu":
+        return lambda a, b, out: truncated_divide(xp, a, b, out)
+    return getattr(xp, BINARY[op])
+
+
+def truncated_divide(xp, a, b, out) -> None:
+    """Integer division rounding toward zero, as ONNX (and C) define it."""
+    xp.floor_divide(a, b, out=out)
+    if out.dtype.kind == "i":  # floor_divide rounds toward -inf: step back up where signs differ
+        out += (xp.remainder(a, b) != 0) & ((a < 0) != (b < 0))
 
 
 @register("PRelu")
@@ -153,6 +178,7 @@ class BatchNorm(_Elementwise):
 
     attributes = {"epsilon": 1e-5, "momentum": 0.9, "spatial": 1, "training_mode": 0,
                   "is_test": 1}  # fmt: skip
+    constant_inputs = (1, 2, 3, 4)
 
     @classmethod
     def check(cls, node, opset):

@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.errors import ModelLoadError
 from engine.ops.base import Op, normalize_axis, register
+from engine.ops.elementwise import broadcast_shapes
 
 
 @register("Gemm")
@@ -25,23 +26,23 @@ class Gemm(Op):
         if len(a_shape) != 2 or k != kb:
             raise ModelLoadError(f"{ctx.node.name} (Gemm): A {a_shape} and B {b_shape}")
         self.alpha, self.beta = float(self.attr("alpha")), float(self.attr("beta"))
+        dtype = np.result_type(*ctx.in_dtypes[:2])
         b = ctx.const(1)
-        self.b = (
-            None
-            if b is None
-            else ctx.backend.asarray(np.ascontiguousarray(b.T if self.trans_b else b))
-        )
+        # kept as stored: BLAS reads a transposed operand in place, no copy of a large FC matrix
+        self.b = None if b is None else ctx.backend.asarray(b)
         self.c = None
         if ctx.has_input(2) and self.beta != 0:
+            if len(ctx.in_shapes[2]) > 2 or (m, n) != broadcast_shapes([ctx.in_shapes[2], (m, n)],
+                                                                      ctx.node):  # fmt: skip
+                raise ModelLoadError(f"{ctx.node.name} (Gemm): C {ctx.in_shapes[2]} vs {(m, n)}")
             c = ctx.const(2)
-            self.c = None if c is None else ctx.backend.asarray((self.beta * c).astype(np.float32))
-            self.c_runtime = c is None
-            np.broadcast_shapes(ctx.in_shapes[2], (m, n))
-        self.set_output((m, n), np.result_type(*ctx.in_dtypes[:2]))
+            self.c = None if c is None else ctx.backend.asarray((self.beta * c).astype(dtype))
+        self.set_output((m, n), dtype)
 
     def run(self, ins, outs):
         a = ins[0].T if self.trans_a else ins[0]
-        b = self.b if self.b is not None else (ins[1].T if self.trans_b else ins[1])
+        b = self.b if self.b is not None else ins[1]
+        b = b.T if self.trans_b else b
         out = outs[0]
         self.xp.matmul(a, b, out=out)
         if self.alpha != 1.0:

@@ -14,6 +14,8 @@ class _View(Op):
     """Output 0 is a view of input 0 in a new logical shape (plain layout only)."""
 
     allocates = False
+    max_version = 25  # versions 23 to 25 only added element types
+    constant_inputs = (1,)  # shape or axes
 
     def run(self, ins, outs):
         return [ins[0].reshape(self.out_shapes[0])]
@@ -37,8 +39,9 @@ class Flatten(_View):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        shape = ctx.in_shapes[0]
-        axis = normalize_axis(self.attr("axis"), len(shape) + 1, ctx.node)
+        shape, axis = ctx.in_shapes[0], int(self.attr("axis"))
+        # axis lies in [-rank, rank]: rank itself means "everything in the first dimension"
+        axis = axis if axis == len(shape) else normalize_axis(axis, len(shape), ctx.node)
         self.set_output((math.prod(shape[:axis]), math.prod(shape[axis:])), ctx.in_dtypes[0])
 
 
@@ -101,34 +104,60 @@ class Unsqueeze(_View):
         self.set_output(shape, ctx.in_dtypes[0])
 
 
-@register("Identity", "Dropout")
+@register("Identity")
 class Identity(Op):
-    attributes = {"ratio": 0.5, "seed": None, "is_test": 1}
     layout = "follow"
     allocates = False
-
-    @classmethod
-    def check(cls, node, opset):
-        problems = super().check(node, opset)
-        if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1]:
-            problems.append(f"{node.name} (Dropout): the mask output")
-        return problems
+    max_version = 25  # versions 23 to 25 only added element types
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if ctx.node.op == "Dropout" and ctx.has_input(2):
-            training = ctx.const(2)
-            if training is None or bool(training):
-                raise UnsupportedModelError([f"{ctx.node.name} (Dropout): training mode"])
         self.set_output(ctx.in_shapes[0], ctx.in_dtypes[0], ctx.in_layouts[0])
 
     def run(self, ins, outs):
         return [ins[0]]
 
 
+@register("Dropout")
+class Dropout(Op):
+    """Inference Dropout: a copy of the input and, when asked for, an all-true mask.
+
+    The load-time passes remove it where its output is not a graph output."""
+
+    attributes = {"ratio": 0.5, "seed": None, "is_test": 1}
+    layout = "follow"
+    constant_inputs = (2,)  # training_mode
+
+    @classmethod
+    def check(cls, node, opset):
+        problems = super().check(node, opset)
+        if not node.attrs.get("is_test", 1):
+            problems.append(f"{node.name} (Dropout): training mode (is_test=0)")
+        return problems
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        if ctx.has_input(2):
+            training = ctx.const(2)
+            if training is None or bool(training):
+                raise UnsupportedModelError([f"{ctx.node.name} (Dropout): training mode"])
+        shape, layout = ctx.in_shapes[0], ctx.in_layouts[0]
+        self.set_output(shape, ctx.in_dtypes[0], layout)
+        self.mask = len(ctx.node.outputs) > 1 and bool(ctx.node.outputs[1])
+        if self.mask:
+            self.set_output(shape, np.bool_, layout)
+
+    def run(self, ins, outs):
+        outs[0][...] = ins[0]
+        if self.mask:
+            outs[1][...] = True
+        return outs
+
+
 @register("Transpose")
 class Transpose(Op):
     attributes = {"perm": None}
+    max_version = 25  # versions 23 to 25 only added element types
 
     def __init__(self, ctx):
         super().__init__(ctx)
