@@ -12,6 +12,7 @@ import pytest
 
 from tests.deploy.files import ROOT, package_binary
 from tests.deploy.test_dockerfile import healthcheck_argv
+from tests.deploy.test_entrypoint import image_env
 
 BASE = ("docker-compose.yml",)
 CPU = ("docker-compose.yml", "docker-compose.cpu.yml")
@@ -142,18 +143,23 @@ def test_servers_keep_the_autotune_cache_on_a_named_volume(case: str) -> None:
         assert service["environment"]["GEMMSERVE_AUTOTUNE_CACHE"].startswith(VOLUME_DIR + "/")
 
 
-def test_tuner_writes_the_cache_the_server_reads() -> None:
-    services = compose_config(BASE, ("tools",))["services"]
-    command, server = services["autotune"]["command"], services["gemmserve"]
-    env = server["environment"]
-    assert command[:3] == ["python", "-m", "engine.autotune"]
-    assert command[command.index("--cache") + 1] == env["GEMMSERVE_AUTOTUNE_CACHE"]
-    assert command[command.index("--device") + 1] == env["GEMMSERVE_DEVICE"]
-    assert services["autotune"]["volumes"] == server["volumes"]
-    assert _gpu_devices(services["autotune"]) == _gpu_devices(server)
-    assert command[3] == "/app/models/digits"
-    sizes = command[command.index("--batch-sizes") + 1]
-    assert sizes == ",".join(map(str, _settings_default("batch_sizes")))
+@pytest.mark.parametrize("files", [BASE, CPU, GPUS], ids=["gpu", "cpu", "two-gpus"])
+def test_each_server_has_a_tuner_that_fills_its_cache(files: tuple[str, ...]) -> None:
+    services = compose_config(files, ("tools",))["services"]
+    tuners = [s for name, s in services.items() if name.startswith("autotune")]
+    servers = [s for name, s in services.items() if name in SERVERS]
+    assert len(tuners) == len(servers)
+    for server in servers:
+        env = server["environment"]
+        (tuner,) = [t for t in tuners if _gpu_devices(t) == _gpu_devices(server)]
+        command = tuner["command"]
+        assert command[:3] == ["python", "-m", "engine.autotune"]
+        assert command[3] == env.get("GEMMSERVE_MODEL", image_env("gpu")["GEMMSERVE_MODEL"])
+        assert command[command.index("--cache") + 1] == env["GEMMSERVE_AUTOTUNE_CACHE"]
+        assert command[command.index("--device") + 1] == env["GEMMSERVE_DEVICE"]
+        assert tuner["volumes"] == server["volumes"]
+        sizes = command[command.index("--batch-sizes") + 1]
+        assert sizes == ",".join(map(str, _settings_default("batch_sizes")))
 
 
 def _settings_default(name: str):
