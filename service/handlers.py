@@ -12,9 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from engine.errors import EngineError
-from service.errors import ServiceError, to_service_error
+from service.errors import ClientDisconnected, ServiceError, to_service_error
 
 log = logging.getLogger("gemmserve")
 
@@ -36,6 +37,9 @@ def install_handlers(app: FastAPI) -> None:
         if err.status >= 500 and err.status not in (503, 504):
             log.error("request %s failed: %s", request.url.path, err.message)
         headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else {}
+        if err.status == 413:
+            # The rest of the body is unread: close rather than read it as the next request.
+            headers["Connection"] = "close"
         return error_response(request.url.path, err.status, err.code, err.message, **headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -55,6 +59,12 @@ def install_handlers(app: FastAPI) -> None:
         log.exception("unexpected error on %s", request.url.path)
         return error_response(request.url.path, 500, "internal", "internal server error")
 
+    async def client_gone(request: Request, exc: Exception) -> JSONResponse:
+        # Nobody reads this answer; it only labels the request in the metrics.
+        err = ClientDisconnected("client disconnected while sending the body")
+        return error_response(request.url.path, err.status, err.code, err.message)
+
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(EngineError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

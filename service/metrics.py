@@ -87,14 +87,20 @@ class Metrics:
         self.ready.set_function(ready)
         self.inflight.set_function(inflight)
 
-    def bind_device_memory(self, used_bytes: Callable[[], float]) -> None:
-        """On a GPU: device memory held by the engine's memory pool."""
-        gauge = Gauge(
-            "gemmserve_device_memory_used_bytes",
-            "Device memory held by the engine",
+    def bind_gpu_memory(
+        self, used_bytes: Callable[[], float], total_bytes: Callable[[], float]
+    ) -> None:
+        """On a GPU only: device memory held by the engine, and the device's total."""
+        used = Gauge(
+            "gemmserve_gpu_memory_used_bytes",
+            "GPU memory held by the engine's memory pool",
             registry=self.registry,
         )
-        gauge.set_function(used_bytes)
+        total = Gauge(
+            "gemmserve_gpu_memory_total_bytes", "GPU memory of the device", registry=self.registry
+        )
+        used.set_function(used_bytes)
+        total.set_function(total_bytes)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.request_duration.labels(route=route, status=str(status)).observe(seconds)

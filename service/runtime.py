@@ -134,7 +134,7 @@ class Runtime:
             self.lifecycle.set_failed(f"model failed to load: {exc}")
             return
         if self.model.device == "cuda":
-            self.metrics.bind_device_memory(_cupy_pool_bytes)
+            self.metrics.bind_gpu_memory(*_gpu_memory_probes())
         self.lifecycle.set_ready()
 
     async def stop(self) -> None:
@@ -187,7 +187,8 @@ class Runtime:
         raise ClientDisconnected("client disconnected while its request was queued")
 
 
-def _cupy_pool_bytes() -> float:
+def _gpu_memory_probes() -> tuple[Callable[[], float], Callable[[], float]]:
     import cupy  # only reached when the engine runs on a GPU
 
-    return float(cupy.get_default_memory_pool().used_bytes())
+    total = float(cupy.cuda.Device().mem_info[1])
+    return (lambda: float(cupy.get_default_memory_pool().used_bytes())), (lambda: total)
