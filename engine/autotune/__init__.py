@@ -155,10 +155,12 @@ class Autotuner:
 
     def _usable(self, name, spec: ConvSpec) -> bool:
         algo = ALGORITHMS.get(name) if isinstance(name, str) else None
-        return algo is not None and algo.math in self.allowed_math and algo.applicable(spec)
+        if algo is None or self.backend.device not in algo.devices:
+            return False
+        return algo.math in self.allowed_math and algo.applicable(spec)
 
     def _tune(self, key: str, spec: ConvSpec, weight, bias) -> Choice:
-        names = candidates(spec, self.allowed_math)
+        names = candidates(spec, self.allowed_math, self.backend.device)
         started = time.perf_counter()
         timings, winner = measure(
             self.backend, spec, weight, bias, names, self.budget_s, self.max_repeats

@@ -8,32 +8,30 @@ from engine.conv.gemm_1x1 import Gemm1x1
 from engine.conv.im2col_gemm import Im2colGemm
 from engine.conv.im2col_gemm_chunked import Im2colGemmChunked
 from engine.conv.im2col_gemm_tf32 import Im2colGemmTF32
+from engine.conv.parallel import parallel_variant
 from engine.conv.spec import ConvSpec, Epilogue
 from engine.conv.winograd_f2x2_3x3 import WinogradF2x2
 from engine.conv.winograd_f4x4_3x3 import WinogradF4x4
 
 REFERENCE = Im2colGemm.name
 
+_BASE = (Im2colGemm, Gemm1x1, Im2colGemmChunked, WinogradF2x2, WinogradF4x4, DepthwiseDirect)
+_PARALLEL = tuple(parallel_variant(algo) for algo in _BASE if algo is not Im2colGemmChunked)
+
 ALGORITHMS: dict[str, type[ConvAlgorithm]] = {
-    algo.name: algo
-    for algo in (
-        Im2colGemm,
-        Gemm1x1,
-        Im2colGemmChunked,
-        WinogradF2x2,
-        WinogradF4x4,
-        DepthwiseDirect,
-        Im2colGemmTF32,
-    )
+    algo.name: algo for algo in (*_BASE, Im2colGemmTF32, *_PARALLEL)
 }
 
 
-def candidates(spec: ConvSpec, allowed_math: tuple[str, ...] = ("fp32",)) -> list[str]:
-    """Names of every algorithm that can run ``spec`` at an allowed precision, reference first."""
+def candidates(
+    spec: ConvSpec, allowed_math: tuple[str, ...] = ("fp32",), device: str = "cpu"
+) -> list[str]:
+    """Names of every algorithm that can run ``spec`` on ``device`` at an allowed precision,
+    reference first."""
     return [
         name
         for name, algo in ALGORITHMS.items()
-        if algo.math in allowed_math and algo.applicable(spec)
+        if algo.math in allowed_math and device in algo.devices and algo.applicable(spec)
     ]
 
 

@@ -23,6 +23,8 @@ class ConvAlgorithm:
     math: ClassVar[str] = "fp32"
     #: largest relative error (||y - ref|| / ||ref||) against im2col_gemm the tuner accepts.
     tolerance: ClassVar[float] = 1e-4
+    #: backends (``Backend.device``) the algorithm is offered on.
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:

@@ -11,6 +11,7 @@ from engine.backends import NumpyBackend
 from engine.conv import ALGORITHMS, REFERENCE, Epilogue, candidates, default_algorithm
 from engine.conv.depthwise_direct import DepthwiseDirect
 from engine.conv.im2col_gemm_chunked import Im2colGemmChunked, plan_chunks
+from engine.conv.parallel import cpu_cores
 from engine.conv.winograd import Winograd3x3
 from tests.engine.conv_cases import (
     EPILOGUES,
@@ -52,7 +53,10 @@ def test_algorithm_matches_reference(name, index):
 
 def test_grid_covers_every_algorithm():
     # im2col_gemm_chunked only applies above its chunk size: test_chunked_every_chunking
-    assert {name for name, _ in GRID} == set(FP32) - {"im2col_gemm_chunked"}
+    expected = set(FP32) - {"im2col_gemm_chunked"}
+    if cpu_cores() < 2:
+        expected = {name for name in expected if not name.endswith("_parallel")}
+    assert {name for name, _ in GRID} == expected
 
 
 @pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: e.kind)
@@ -103,16 +107,16 @@ def test_image_chunks(monkeypatch, name):
 
 
 ALLOCATION_SHAPES = {
-    "gemm_1x1": (3, 32, 64, 64, 32, 1, 1, (0, 0, 0, 0), (2, 2), (1, 1), 1),
-    "depthwise_direct": (3, 32, 64, 64, 32, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 32),
+    "gemm_1x1": (4, 32, 64, 64, 64, 1, 1, (0, 0, 0, 0), (2, 2), (1, 1), 1),
+    "depthwise_direct": (4, 64, 64, 64, 64, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 64),
 }
 
 
 @pytest.mark.parametrize("name", FP32)
 def test_steady_state_allocates_nothing(name):
     """After the first call, a call allocates no array (only NumPy's small copy buffers)."""
-    shape = (3, 32, 64, 64, 32, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1)
-    spec = make_spec(ALLOCATION_SHAPES.get(name, shape), Epilogue("relu"))
+    shape = (4, 32, 64, 64, 64, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1)
+    spec = make_spec(ALLOCATION_SHAPES.get(name.removesuffix("_parallel"), shape), Epilogue("relu"))
     assert ALGORITHMS[name].applicable(spec)
     x, weight, bias = make_problem(spec)
     algo = ALGORITHMS[name](spec, weight, bias, BACKEND)
@@ -123,5 +127,6 @@ def test_steady_state_allocates_nothing(name):
     algo(x, out, workspace)
     _, peak_bytes = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert out.nbytes >= 393216
-    assert peak_bytes < 131072  # a third of the output: any output-sized temporary fails
+    assert out.nbytes >= 1 << 20
+    # NumPy's copy buffers (tens of KiB per thread) pass; a quarter of the output does not
+    assert peak_bytes < 1 << 18

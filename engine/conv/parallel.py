@@ -1,0 +1,111 @@
+"""Batch-parallel variants of the CPU algorithms: the batch split across the cores.
+
+NumPy runs its copies and element-wise ops (the gather, the Winograd transforms' copies, the
+epilogue) on one core; only the BLAS GEMM is threaded, and OpenBLAS threads lose much of their
+speed on the narrow GEMMs of small convs (and far more when other processes share the cores).
+Here each core takes a slice of the batch and runs the whole base algorithm on it in its own
+thread, with BLAS held to one thread: every phase runs on every core. NumPy and BLAS release the
+GIL, so the threads overlap. CPU only: CuPy work is already parallel on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
+
+from engine.conv.base import ConvAlgorithm
+from engine.conv.spec import ConvSpec
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@functools.cache
+def blas_libraries() -> tuple:
+    """The loaded BLAS libraries' thread controls (threadpoolctl), or () when unavailable."""
+    try:
+        import numpy  # noqa: F401 - loads NumPy's BLAS so that threadpoolctl finds it
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return ()
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS calls inside the block run on the calling thread only (a process-wide setting)."""
+    libraries = blas_libraries()
+    previous = [lib.get_num_threads() for lib in libraries]
+    for lib in libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, threads in zip(libraries, previous):
+            lib.set_num_threads(threads)
+
+
+@functools.cache
+def worker_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(cpu_cores() - 1, 1), thread_name_prefix="conv")
+
+
+class BatchParallel(ConvAlgorithm):
+    """``base`` on ``cpu_cores()`` slices of the batch at once; subclasses set ``base``."""
+
+    base: ClassVar[type[ConvAlgorithm]]
+    devices = ("cpu",)
+
+    @classmethod
+    def applicable(cls, spec: ConvSpec) -> bool:
+        threads_help = cpu_cores() >= 2 and bool(blas_libraries())
+        return spec.n >= 2 and threads_help and cls.base.applicable(spec)
+
+    @classmethod
+    def slices(cls, spec: ConvSpec) -> list[tuple[int, int]]:
+        """Near-equal [n0, n1) ranges of the batch, one per core."""
+        parts = min(cpu_cores(), spec.n)
+        bounds = [spec.n * i // parts for i in range(parts + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    @classmethod
+    def workspace_elems(cls, spec: ConvSpec) -> int:
+        slices = cls.slices(spec)
+        return sum(cls.base.workspace_elems(spec.with_batch(n1 - n0)) for n0, n1 in slices)
+
+    def __init__(self, spec, weight, bias, backend):
+        super().__init__(spec, weight, bias, backend)
+        self.parts, offset = [], 0
+        for n0, n1 in self.slices(spec):
+            sub = spec.with_batch(n1 - n0)
+            elems = self.base.workspace_elems(sub)
+            self.parts.append((n0, n1, offset, elems, self.base(sub, weight, bias, backend)))
+            offset += elems
+
+    def __call__(self, x, out, workspace) -> None:
+        calls = [
+            (algo, x[n0:n1], out[n0:n1], workspace[offset : offset + elems])
+            for n0, n1, offset, elems, algo in self.parts
+        ]
+        with single_threaded_blas():
+            pending = [worker_pool().submit(*call) for call in calls[1:]]
+            first = calls[0]
+            first[0](*first[1:])  # the calling thread takes the first slice
+            for future in pending:
+                future.result()
+
+
+def parallel_variant(base: type[ConvAlgorithm]) -> type[BatchParallel]:
+    """The batch-parallel algorithm built on ``base``, named ``<base>_parallel``."""
+    attrs = {
+        "base": base,
+        "name": f"{base.name}_parallel",
+        "math": base.math,
+        "tolerance": base.tolerance,
+        "__doc__": f"{base.name} on one slice of the batch per core.",
+    }
+    return type(f"{base.__name__}Parallel", (BatchParallel,), attrs)
