@@ -119,7 +119,7 @@ class Model:
         staged = plan.inputs[self.input_name]
         try:
             self.backend.copy_to(staged[:n], x)
-            output = plan.execute()[0]
+            output = self.backend.execute(plan)[0]
             return self.backend.to_host(output[:n]).copy()
         except Exception as error:
             if self.backend.is_out_of_memory(error):
@@ -190,9 +190,13 @@ def load_model(
     autotune_mode: str = "tune-missing",
     allow_tf32: bool = False,
     name: str | None = None,
+    cuda_graphs: bool = True,
 ) -> Model:
-    """Load an ONNX model and plan it for every batch bucket on ``device`` (cpu, cuda or auto)."""
-    backend = resolve_backend(device)
+    """Load an ONNX model and plan it for every batch bucket on ``device`` (cpu, cuda or auto).
+
+    ``cuda_graphs``: on a GPU, replay each bucket's forward pass as a CUDA graph where capture
+    works and is faster (eager otherwise); ignored on the CPU."""
+    backend = resolve_backend(device, cuda_graphs=cuda_graphs)
     graph = load_graph(path)
     tuner = Autotuner(backend, autotune_cache, autotune_mode, allow_tf32=allow_tf32)
     optimize(graph, NumpyBackend(), Autotuner(NumpyBackend(), None, "off"))

@@ -1,4 +1,5 @@
-"""Suite-wide hooks: ``gpu``-marked tests skip cleanly where CuPy or a CUDA device is missing."""
+"""Suite-wide hooks: ``gpu``-marked tests skip cleanly where CuPy or a CUDA device is missing;
+the backends that run the CUDA kernels (a GPU, or their CPU emulator)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,20 @@ def cuda_backend():
     if cuda_unavailable_reason():
         pytest.skip(f"gpu: {cuda_unavailable_reason()}")
     return CupyBackend()
+
+
+@pytest.fixture(scope="session")
+def emulated(tmp_path_factory):
+    """The CuPy backend's kernel methods on NumPy arrays, kernels run by the CPU emulator
+    (tests/engine/cuda_emulator.py); compiled once per session."""
+    from tests.engine.cuda_emulator import EmulatedCupyBackend, compiler
+
+    if compiler() is None:
+        pytest.skip("no host C++ compiler to emulate the CUDA kernels")
+    return EmulatedCupyBackend(tmp_path_factory.mktemp("kernels"))
+
+
+@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
+def emu(request):
+    """A backend whose CUDA kernels really run: the emulator (xp = numpy) or a GPU (xp = cupy)."""
+    return request.getfixturevalue("emulated" if request.param == "emulated" else "cuda_backend")

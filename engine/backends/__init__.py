@@ -19,16 +19,16 @@ def cuda_available() -> bool:
     return True
 
 
-def resolve_backend(device: str = "cpu") -> Backend:
+def resolve_backend(device: str = "cpu", cuda_graphs: bool = True) -> Backend:
     """``cpu`` -> NumPy; ``cuda`` -> CuPy (or DeviceUnavailableError, never a quiet CPU fallback);
-    ``auto`` -> CuPy when a GPU is visible, else NumPy."""
+    ``auto`` -> CuPy when a GPU is visible, else NumPy. ``cuda_graphs`` only matters on CuPy."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cpu" or (device == "auto" and not cuda_available()):
         return NumpyBackend()
     from engine.backends.cupy_backend import CupyBackend
 
-    return CupyBackend()
+    return CupyBackend(cuda_graphs=cuda_graphs)
 
 
 __all__ = ["Backend", "NumpyBackend", "resolve_backend", "cuda_available", "DEVICES"]

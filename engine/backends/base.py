@@ -77,6 +77,10 @@ class Backend:
         )
         cols[...] = self.xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
 
+    def execute(self, plan) -> list:
+        """Run a plan's steps (a GPU backend may replay them as a captured CUDA graph)."""
+        return plan.execute()
+
     def epilogue(self, y2d, bias, epilogue) -> None:
         """Add ``bias`` (K,) or None to the (rows, K) ``y2d`` and apply ``epilogue``'s
         activation, in place (one fused kernel on a GPU)."""

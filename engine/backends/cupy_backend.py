@@ -86,9 +86,16 @@ class CupyBackend(Backend):
     native_depthwise = True
     native_winograd_f2x2 = True
 
-    def __init__(self):
+    def __init__(self, cuda_graphs: bool = True):
+        from engine.cuda.graphs import GraphRunner
+
         self.xp = import_cupy()
         self._kernels: dict[str, object] = {}
+        self.graphs = GraphRunner(self, enabled=cuda_graphs)
+
+    def execute(self, plan) -> list:
+        """Graph replay where capture succeeded and is faster, eager execution otherwise."""
+        return self.graphs.execute(plan)
 
     def kernel(self, source: str, name: str):
         """The compiled RawKernel ``name`` of ``engine/kernels/<source>`` (compiled once)."""

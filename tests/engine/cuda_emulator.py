@@ -145,6 +145,7 @@ class EmulatedCupyBackend(CupyBackend):
         self.launches.append(name)
         return self._kernels[name]
 
+    execute = Backend.execute
     to_host = Backend.to_host
     copy_to = Backend.copy_to
     synchronize = Backend.synchronize

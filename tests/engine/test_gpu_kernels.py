@@ -12,32 +12,8 @@ from engine.backends import NumpyBackend
 from engine.conv import ConvSpec, Epilogue
 from engine.ops.window import output_size
 from tests.engine.conv_cases import EPILOGUES, SHAPES
-from tests.engine.cuda_emulator import EmulatedCupyBackend, compiler
+from tests.engine.gpu_models import POOLS
 from tests.engine.reference import conv2d_nchw, rel_error
-
-# (kernel, strides, dilations, pads (t, l, b, r), ceil_mode, count_include_pad)
-POOLS = (
-    ((2, 2), (2, 2), (1, 1), (0, 0, 0, 0), 0, 0),
-    ((3, 3), (2, 2), (1, 1), (1, 1, 1, 1), 0, 0),
-    ((3, 3), (2, 2), (1, 1), (1, 1, 1, 1), 0, 1),
-    ((3, 2), (2, 3), (1, 1), (0, 1, 1, 0), 1, 0),
-    ((3, 3), (2, 2), (1, 1), (1, 0, 0, 1), 1, 1),
-    ((2, 3), (1, 1), (2, 1), (1, 1, 0, 2), 0, 1),
-    ((3, 3), (3, 3), (2, 2), (2, 2, 2, 2), 1, 0),
-)
-
-
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    if compiler() is None:
-        pytest.skip("no host C++ compiler to emulate the kernels")
-    return EmulatedCupyBackend(tmp_path_factory.mktemp("kernels"))
-
-
-@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
-def emu(request):
-    """The backend whose kernels run: xp = numpy (emulated) or xp = cupy (a GPU)."""
-    return request.getfixturevalue("emulated" if request.param == "emulated" else "cuda_backend")
 
 
 def dev(backend, array):
