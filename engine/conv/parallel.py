@@ -16,7 +16,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
-from engine.conv.base import ConvAlgorithm
+from engine.conv.base import ConvAlgorithm, gemm_weights
+from engine.conv.im2col_gemm import Im2colGemm, im2col_then_gemm
+from engine.conv.im2col_gemm_chunked import Chunk, band_chunk
 from engine.conv.spec import ConvSpec
 
 
@@ -52,6 +54,15 @@ def single_threaded_blas():
 @functools.cache
 def worker_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(cpu_cores() - 1, 1), thread_name_prefix="conv")
+
+
+def run_in_threads(fn, calls: list[tuple]) -> None:
+    """``fn(*call)`` for every call at once, the first on this thread, BLAS single-threaded."""
+    with single_threaded_blas():
+        pending = [worker_pool().submit(fn, *call) for call in calls[1:]]
+        fn(*calls[0])
+        for future in pending:
+            future.result()
 
 
 class BatchParallel(ConvAlgorithm):
@@ -91,12 +102,7 @@ class BatchParallel(ConvAlgorithm):
             (algo, x[n0:n1], out[n0:n1], workspace[offset : offset + elems])
             for n0, n1, offset, elems, algo in self.parts
         ]
-        with single_threaded_blas():
-            pending = [worker_pool().submit(*call) for call in calls[1:]]
-            first = calls[0]
-            first[0](*first[1:])  # the calling thread takes the first slice
-            for future in pending:
-                future.result()
+        run_in_threads(lambda algo, *args: algo(*args), calls)
 
 
 def parallel_variant(base: type[ConvAlgorithm]) -> type[BatchParallel]:
@@ -109,3 +115,49 @@ def parallel_variant(base: type[ConvAlgorithm]) -> type[BatchParallel]:
         "__doc__": f"{base.name} on one slice of the batch per core.",
     }
     return type(f"{base.__name__}Parallel", (BatchParallel,), attrs)
+
+
+class Im2colGemmBands(ConvAlgorithm):
+    """im2col + GEMM for a batch smaller than the core count (batch 1: latency): each image's
+    output rows split into one band per core, each band gathered and multiplied in its own
+    thread with single-threaded BLAS."""
+
+    name = "im2col_gemm_bands"
+    devices = ("cpu",)
+
+    @classmethod
+    def bands(cls, spec: ConvSpec) -> list[Chunk]:
+        parts = min(cpu_cores(), spec.out_h)
+        bounds = [spec.out_h * i // parts for i in range(parts + 1)]
+        return [band_chunk(spec, n, oh0, oh1) for n in range(spec.n)
+                for oh0, oh1 in zip(bounds[:-1], bounds[1:])]  # fmt: skip
+
+    @classmethod
+    def applicable(cls, spec: ConvSpec) -> bool:
+        threads_help = cpu_cores() >= 2 and bool(blas_libraries())
+        return threads_help and spec.n < cpu_cores() and spec.out_h >= 2
+
+    @classmethod
+    def workspace_elems(cls, spec: ConvSpec) -> int:
+        return sum(Im2colGemm.workspace_elems(band.spec) for band in cls.bands(spec))
+
+    def __init__(self, spec, weight, bias, backend):
+        super().__init__(spec, weight, bias, backend)
+        self.weights = self.shared(
+            "gemm", weight, lambda: backend.asarray(gemm_weights(spec, weight))
+        )
+        self.parts, offset = [], 0
+        for band in self.bands(spec):
+            elems = Im2colGemm.workspace_elems(band.spec)
+            self.parts.append((band, offset, elems))
+            offset += elems
+
+    def _band(self, band: Chunk, x, out, workspace) -> None:
+        out_part = out[band.n0, band.oh0 : band.oh1].reshape(-1, self.spec.k)
+        x_part = x[band.n0 : band.n1, band.ih0 : band.ih1]
+        im2col_then_gemm(self.backend, band.spec, x_part, out_part, self.weights, workspace)
+        self.finish(out_part)
+
+    def __call__(self, x, out, workspace) -> None:
+        calls = [(band, x, out, workspace[o : o + elems]) for band, o, elems in self.parts]
+        run_in_threads(self._band, calls)
