@@ -50,7 +50,6 @@ RUN extras=""; if [ "$VARIANT" = "gpu" ]; then extras="[gpu]"; fi \
 # DL3006: as above.
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS runtime
-ARG VARIANT
 LABEL org.opencontainers.image.title="gemmserve" \
       org.opencontainers.image.description="Image inference over im2col + GEMM (CuPy/cuBLAS or NumPy)" \
       org.opencontainers.image.licenses="Apache-2.0"
