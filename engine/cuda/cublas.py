@@ -55,6 +55,13 @@ class Operand:
     batch_stride: int
 
 
+def address(array) -> int:
+    """Device address of a CuPy array's first element (host address for a NumPy array, which
+    the tests use to check the call arithmetic against a stand-in library)."""
+    data = array.data
+    return data.ptr if hasattr(data, "ptr") else array.ctypes.data
+
+
 def operand(array, rows: int, cols: int) -> Operand:
     """Describe the last two axes of ``array`` (float32) for cuBLAS, any leading batch axis."""
     if array.dtype != np.float32:
@@ -62,9 +69,9 @@ def operand(array, rows: int, cols: int) -> Operand:
     s_row, s_col = (s // 4 for s in array.strides[-2:])
     batch = array.strides[0] // 4 if array.ndim == 3 and array.shape[0] > 1 else 0
     if s_col == 1 or cols == 1:
-        return Operand(array.data.ptr, OP_N, max(s_row if rows > 1 else cols, cols, 1), batch)
+        return Operand(address(array), OP_N, max(s_row if rows > 1 else cols, cols, 1), batch)
     if s_row == 1 or rows == 1:
-        return Operand(array.data.ptr, OP_T, max(s_col if cols > 1 else rows, rows, 1), batch)
+        return Operand(address(array), OP_T, max(s_col if cols > 1 else rows, rows, 1), batch)
     raise CublasError(f"GEMM operand with strides {array.strides} has no unit stride")
 
 
@@ -89,7 +96,7 @@ class Cublas:
         """Point the handle at ``stream_ptr`` with our workspace, host scalars (no CuPy check)."""
         handle = ctypes.c_void_p(self.handle)
         self.check(self.lib.cublasSetStream_v2(handle, ctypes.c_void_p(stream_ptr)), "setStream")
-        self.check(self.lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(self.workspace.data.ptr),
+        self.check(self.lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(address(self.workspace)),
                                                   ctypes.c_size_t(WORKSPACE_BYTES)),
                    "setWorkspace")  # fmt: skip
         self.check(self.lib.cublasSetPointerMode_v2(handle, 0), "setPointerMode")  # host
