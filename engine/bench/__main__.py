@@ -40,14 +40,15 @@ CATEGORIES = ("gather", "GEMM + transforms", "epilogue", "pooling", "other")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m engine.bench", description=__doc__)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--batch-sizes", default="1,8,32,128")
+    parser.add_argument("--batch-sizes", help="default 1,8,32,128; on cuda 1,2,4,...,256")
     parser.add_argument("--nets", default="cifar,resnet18")
     quick = f"ResNet-18 only at batch {QUICK_RESNET_BATCHES}, shorter timing"
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--cache", help="autotune cache file (default: a fresh one in a temp dir)")
     parser.add_argument("--min-time-s", type=float, default=2.0, help="timing per measurement")
     args = parser.parse_args(argv)
-    args.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    default_batches = "1,2,4,8,16,32,64,128,256" if args.device == "cuda" else "1,8,32,128"
+    args.batch_sizes = tuple(int(b) for b in (args.batch_sizes or default_batches).split(","))
     args.nets = tuple(n.strip() for n in args.nets.split(","))
     unknown = set(args.nets) - set(NETS)
     if unknown:
@@ -133,6 +134,10 @@ def main(argv=None) -> int:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# engine.bench, {now}\n\nMachine: {machine()}\n\nCommand: `python -m engine.bench "
           f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n")  # fmt: skip
+    if args.device == "cuda":  # GPU runners, graphs and SGEMM rate: engine/cuda/bench.py
+        from engine.cuda.bench import main as cuda_main
+
+        return cuda_main(args, workdir, cache)
     gemm_rate = gemm_gflops(2048 if not args.quick else 1024, args.min_time_s)
     rows, reports = [], []
     for net in args.nets:

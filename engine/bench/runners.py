@@ -69,31 +69,41 @@ def _torch_ops(torch, F) -> dict:
     }
 
 
-def torch_eager(model):
-    """The ONNX graph run op by op with torch.nn.functional (PyTorch eager), or None."""
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        return None
+def torch_forward(model, torch, device: str = "cpu"):
+    """The ONNX graph as a function of one torch tensor, op by op with torch.nn.functional,
+    weights on ``device`` (the GPU benchmark uses it with ``device="cuda"``)."""
+    import torch.nn.functional as F
     from onnx import helper, numpy_helper
 
-    torch.set_num_threads(cores())
     ops = _torch_ops(torch, F)
-    weights = {
-        t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer
-    }
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()).to(device)
+               for t in model.graph.initializer}  # fmt: skip
     nodes = [(n.op_type, {a.name: helper.get_attribute_value(a) for a in n.attribute},
               list(n.input), n.output[0]) for n in model.graph.node]  # fmt: skip
     first, last = model.graph.input[0].name, model.graph.output[0].name
 
-    def run(x):
+    def forward(x):
         env = dict(weights)
-        env[first] = torch.from_numpy(x)
+        env[first] = x
+        for op, attrs, inputs, output in nodes:
+            env[output] = ops[op](attrs, *(env[i] for i in inputs))
+        return env[last]
+
+    return forward
+
+
+def torch_eager(model):
+    """The ONNX graph run op by op with torch.nn.functional (PyTorch eager), or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(cores())
+    forward = torch_forward(model, torch)
+
+    def run(x):
         with torch.inference_mode():
-            for op, attrs, inputs, output in nodes:
-                env[output] = ops[op](attrs, *(env[i] for i in inputs))
-        return env[last].numpy()
+            return forward(torch.from_numpy(x)).numpy()
 
     return run
 
