@@ -1,0 +1,141 @@
+"""RELIABILITY.md cases 17 and 18: slow or idle connections, junk hosts, paths and queries."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import string
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.reliability import rawhttp
+from tests.reliability.harness import Bystanders, assert_error, http, metric_samples
+
+MAX_CONCURRENCY = 12
+KEEP_ALIVE_S = 1
+
+
+@pytest.fixture(scope="module")
+def server(server_factory):
+    server = server_factory(
+        "--max-concurrency", str(MAX_CONCURRENCY), "--keep-alive-s", str(KEEP_ALIVE_S)
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bystanders(server):
+    return Bystanders(server.url, count=6, seed=17)
+
+
+def good_status(server, bystanders) -> int:
+    """Status of one good request on a fresh connection (200 with the right answer, or 503)."""
+    with httpx.Client(timeout=10) as client:
+        response = client.post(
+            server.url + "/predict?raw=true",
+            content=bystanders.images[0],
+            headers={"content-type": "image/png"},
+        )
+    if response.status_code == 200:
+        assert response.json()["results"][0]["output"] == pytest.approx(
+            list(bystanders.expected[0]), rel=1e-4, abs=1e-5
+        )
+    return response.status_code
+
+
+def test_idle_keep_alive_connection_is_closed(server):
+    """Case 17: a connection left idle after its answer is closed after the keep-alive time."""
+    with rawhttp.connect(server.port, timeout_s=KEEP_ALIVE_S * 5 + 5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert rawhttp.parse(rawhttp.read_response(sock)).status == 200
+        assert rawhttp.closed_by_server(sock)
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [b"", b"POST /predict HTTP/1.1\r\nHost: t\r\n", b"POST /predict HTTP/1.1\r\nHost: t\r\n"
+     b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG"],
+    ids=["silent", "partial-headers", "slow-body"],
+)  # fmt: skip
+def test_slowloris_gets_503_not_a_hang_and_the_service_recovers(server, bystanders, opening):
+    """Case 17: connections that never finish hold at most ``max_concurrency`` slots; past that a
+    good request gets a prompt 503, and once they go the service answers again."""
+    with contextlib.ExitStack() as stack:
+        for _ in range(MAX_CONCURRENCY * 3):
+            sock = stack.enter_context(rawhttp.connect(server.port))
+            sock.sendall(opening)
+        statuses = [good_status(server, bystanders) for _ in range(3)]
+    assert set(statuses) <= {200, 503}
+    assert 503 in statuses
+    with ThreadPoolExecutor(4) as pool:
+        after = list(pool.map(lambda _: good_status(server, bystanders), range(8)))
+    assert after == [200] * 8
+
+
+def test_limit_concurrency_refusal_is_503(server):
+    """Case 17: the refusal is a plain 503 (uvicorn's), so load balancers retry elsewhere."""
+    with contextlib.ExitStack() as stack:
+        for _ in range(MAX_CONCURRENCY + 2):
+            stack.enter_context(rawhttp.connect(server.port)).sendall(b"GET /h")
+        with httpx.Client(timeout=10) as client:
+            assert client.get(server.url + "/healthz").status_code == 503
+
+
+def junk(rng: random.Random, size: int) -> str:
+    return "".join(rng.choice(string.ascii_letters + string.digits + "-._~") for _ in range(size))
+
+
+def junk_requests(port: int, rng: random.Random, count: int) -> list[int]:
+    """Random paths, hosts and query strings over raw sockets; returns the statuses."""
+    statuses = []
+    for _ in range(count):
+        path = "/" + "/".join(junk(rng, rng.randint(1, 12)) for _ in range(rng.randint(1, 4)))
+        query = "&".join(f"{junk(rng, 6)}={junk(rng, 20)}" for _ in range(rng.randint(0, 30)))
+        host = rng.choice([junk(rng, 40), "[::1", "a" * 2000, "ex ample", "é.example"])
+        method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "FOO"])
+        target = rng.choice([path, "/predict", "/v2/models/" + junk(rng, 8), "/metrics"])
+        line = f"{method} {target}?{query} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n"
+        with rawhttp.connect(port) as sock:
+            sock.sendall(line.encode("utf-8") + b"Connection: close\r\n\r\n")
+            answer = rawhttp.read_response(sock)
+        statuses.append(rawhttp.parse(answer).status if answer else 0)
+    return statuses
+
+
+def label_sets(url: str) -> set:
+    """Label sets of the request histogram (scraped twice: a scrape counts itself afterwards)."""
+    metric_samples(url, "gemmserve_request_duration_seconds_count")
+    return set(metric_samples(url, "gemmserve_request_duration_seconds_count"))
+
+
+def test_junk_hosts_paths_and_queries_do_not_grow_label_sets(server, bystanders):
+    """Case 18: 404/405/400 (never 5xx), and /metrics label sets stay the same size."""
+    rng = random.Random(18)
+    junk_requests(server.port, rng, 40)  # every kind of refusal seen once
+    before = label_sets(server.url)
+    statuses = bystanders.run(lambda: junk_requests(server.port, rng, 300))
+    after = label_sets(server.url)
+    assert set(statuses) <= {200, 400, 404, 405, 413, 415, 422}, sorted(set(statuses))
+    assert after == before, sorted(after - before)
+    routes = {dict(labels)["route"] for labels in after}
+    templates = set(http.get(server.url + "/openapi.json").json()["paths"])
+    assert routes <= templates | {"unmatched", "/openapi.json", "/docs", "/redoc",
+                                  "/docs/oauth2-redirect"}  # fmt: skip
+
+
+def test_random_path_gets_json_404(server):
+    """Case 18: an unknown path is a JSON 404 (the service's error shape)."""
+    assert_error(http.get(server.url + "/no/such/path/" + "x" * 500), 404, "not_found")
+
+
+@pytest.mark.parametrize("size", [8_000, 100_000, 1_000_000])
+def test_huge_query_string_is_refused_or_ignored(server, size):
+    """Case 18: a query string of 8 KB..1 MB is answered 400/404/422 (or ignored), never 5xx."""
+    target = "/predict?top_k=3&" + "x" * size
+    request = f"POST {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+    answer = rawhttp.exchange(server.port, request)
+    status = rawhttp.parse(answer).status if answer else 0
+    assert status in (400, 404, 414, 415, 422, 431), answer[:200]
