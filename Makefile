@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEVICE ?= auto
 
-.PHONY: run test lint bench autotune loadtest clean
+.PHONY: run test lint bench autotune loadtest soak clean
 
 $(VENV)/.installed-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ AUTOTUNE_CACHE ?= $(MODEL).autotune.json
 BATCH_SIZES    ?= 1,2,4,8,16,32
 autotune: $(VENV)/.installed-run
 	$(PY) -m engine.autotune $(MODEL) --device $(DEVICE) --batch-sizes $(BATCH_SIZES) --cache $(AUTOTUNE_CACHE)
+
+# Load tests against a service subprocess (docs/LOADTEST.md); both exit 1 on any unexpected failure.
+loadtest: $(VENV)/.installed-dev
+	$(PY) -m loadtests run --model $(MODEL) --device $(DEVICE)
+
+soak: $(VENV)/.installed-dev
+	$(PY) -m loadtests soak --model $(MODEL) --device $(DEVICE) --minutes 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

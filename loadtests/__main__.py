@@ -29,6 +29,10 @@ def int_list(text: str) -> list[int]:
     return [int(item) for item in text.split(",") if item.strip()]
 
 
+def float_list(text: str) -> list[float]:
+    return [float(item) for item in text.split(",") if item.strip()]
+
+
 def common(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model dir or .onnx")
     parser.add_argument("--device", default="cpu", help="service --device (default cpu)")
@@ -58,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     report_p.add_argument("--users", type=int_list, default=[1, 2, 4, 8, 16, 32, 64, 128])
     report_p.add_argument("--batch-sizes", type=int_list, default=[1, 4, 16, 32])
     report_p.add_argument("--point-s", type=float, default=5.0, help="seconds per point")
+    report_p.add_argument(
+        "--open-fractions", type=float_list, default=[0.3, 0.6, 0.9],
+        help="open-loop rates as fractions of the best closed-loop req/s ('' for none)",
+    )  # fmt: skip
     report_p.add_argument("--docs", type=Path, default=None, help="write LOADTEST.md + PNGs here")
     report_p.add_argument("--from-csv", type=Path, default=None, help="re-render a points.csv")
 
@@ -74,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.command_line = " ".join(["python -m loadtests", *argv])
-    target = Target(args.model, args.device, tuple(args.flags))
+    flags = dict(args.flags)
+    # Tune once per output directory: later service starts (one per batch size) reuse it.
+    flags.setdefault("autotune_cache", str(args.out / "autotune.json"))
+    target = Target(args.model, args.device, tuple(flags.items()))
     if args.command == "run":
         plan = dict(
             scenario=args.scenario, users=args.users + (args.scenario == "mixed+open"),

@@ -54,6 +54,9 @@ def _options(parser) -> None:
 def _images(**_kwargs) -> None:
     """Encode the PNGs at start-up, before any timed run begins."""
     STATE["pngs"] = png_pool(SEED)
+    # The event loop's clock is cached; after this blocking work (and a slow start-up) it lags,
+    # and Locust's --run-time timer, computed from it, would fire seconds early.
+    gevent.get_hub().loop.update_now()
 
 
 @events.test_start.add_listener

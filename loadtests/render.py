@@ -36,6 +36,7 @@ def machine() -> dict[str, str]:
         "memory": memory or "unknown RAM",
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "load": "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

@@ -18,7 +18,6 @@ from loadtests.locust_run import LocustPlan, LocustResult, run_locust
 from loadtests.run import Target
 from loadtests.service_proc import ServiceError
 
-OPEN_LOOP_FRACTIONS = (0.3, 0.6, 0.9)  # of the best closed-loop throughput
 OPEN_LOOP_BURST_FACTORS = (1.0, 4.0)  # Poisson, then bursts 4x the mean rate
 BURST_PERIOD_S = 1.0  # several burst cycles fit in one short point
 
@@ -88,8 +87,9 @@ def progress(p: Point) -> str:
     )
 
 
-def sweep(target: Target, users: list[int], batch_sizes: list[int], point_s: float, out: Path):
-    """All closed-loop points, then the open-loop points; a list of ``Point``."""
+def sweep(target: Target, args) -> list[Point]:
+    """All closed-loop points, then the open-loop points (``args``: the report's options)."""
+    users, batch_sizes, point_s, out = args.users, args.batch_sizes, args.point_s, args.out
     closed = [Load("closed", users=u) for u in users]
     points = []
     for mbs in batch_sizes:
@@ -100,8 +100,10 @@ def sweep(target: Target, users: list[int], batch_sizes: list[int], point_s: flo
     opened = [
         Load("open", arrival_rate=round(f * peak_rps, 1), burst_factor=b)
         for b in OPEN_LOOP_BURST_FACTORS
-        for f in OPEN_LOOP_FRACTIONS
+        for f in args.open_fractions
     ]
+    if not opened:
+        return points
     for mbs in sorted({min(batch_sizes), max(batch_sizes)}):
         points += measure(target, mbs, opened, point_s, out)
     return points
@@ -134,7 +136,7 @@ def report(target: Target, args) -> int:
         points = read_points(args.from_csv)
     else:
         try:
-            points = sweep(target, args.users, args.batch_sizes, args.point_s, args.out)
+            points = sweep(target, args)
         except ServiceError as exc:
             print(f"FAIL: {exc}")
             return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from loadtests.report import BURST_PERIOD_S, OPEN_LOOP_FRACTIONS, Point
+from loadtests.report import BURST_PERIOD_S, Point
 from loadtests.service_proc import REPO
 
 PLOTS = {
@@ -100,7 +100,8 @@ def document(points: list[Point], info: dict, model: Path, command: str, point_s
     out = [HOW_TO, "## Results", ""]
     out += [
         f"Measured {info['date']} on **{info['cpu']}, {info['cores']} cores**, {info['memory']}, "
-        f"{info['os']}, Python {info['python']}; CPU only (`--device cpu`). "
+        f"{info['os']}, Python {info['python']}; CPU only (`--device cpu`); "
+        f"{info['load']} at the end (the sweep's own Locust and service included). "
         f"Model {model_text(model)}. "
         f"Locust and the service share these cores, so the load generator takes CPU the service "
         f"would otherwise use: read the curves as shapes, not as the service's ceiling.",
@@ -121,8 +122,8 @@ def document(points: list[Point], info: dict, model: Path, command: str, point_s
     if any(p.mode == "open" for p in points):
         out += [
             "### Open loop (Poisson and bursty arrivals)", "",
-            f"One open-loop client; offered rates are fractions {OPEN_LOOP_FRACTIONS} of the best "
-            f"closed-loop throughput above. Bursts x B put all arrivals of every "
+            "One open-loop client; offered rates are fractions of the best closed-loop "
+            "throughput above. Bursts x B put all arrivals of every "
             f"{BURST_PERIOD_S:g} s into its first 1/B (same mean rate). Served req/s counts "
             "answers over the point.", "",
             *open_table(points), "", f"![open loop]({PLOTS['open']})", "",
