@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from PIL import Image
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -21,7 +22,7 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     """Every knob of the service. Invalid values fail at start-up, never mid-request."""
 
-    model_config = SettingsConfigDict(env_prefix="GEMMSERVE_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="GEMMSERVE_", extra="forbid")
 
     # The contract of DESIGN.md: each also a `--flag`.
     model: Path = Field(description="ONNX file, or a directory with model.onnx and model.json")
@@ -29,7 +30,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_sizes: Annotated[tuple[int, ...], NoDecode] = (1, 2, 4, 8, 16, 32)
-    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_size: int | None = Field(
+        None, ge=1, le=4096, description="default: the largest of batch_sizes"
+    )
     max_delay_ms: float = Field(2.0, ge=0, le=10_000)
     max_queue: int = Field(1024, ge=1, le=1_000_000)
     timeout_ms: float = Field(5000.0, gt=0, le=3_600_000)
@@ -72,6 +75,15 @@ class Settings(BaseSettings):
             return tuple(str(item).upper() for item in value)
         return value
 
+    @field_validator("allowed_formats")
+    @classmethod
+    def _check_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        Image.init()
+        unknown = [name for name in value if name not in Image.OPEN]
+        if not value or unknown:
+            raise ValueError(f"allowed_formats needs Pillow format names; unknown: {unknown}")
+        return value
+
     @field_validator("model")
     @classmethod
     def _check_model(cls, value: Path) -> Path:
@@ -81,6 +93,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_batching(self) -> Settings:
+        if self.max_batch_size is None:
+            self.max_batch_size = max(self.batch_sizes)
         if self.max_batch_size > max(self.batch_sizes):
             raise ValueError(
                 f"max_batch_size {self.max_batch_size} exceeds the largest batch size "

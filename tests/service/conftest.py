@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +40,12 @@ def free_port() -> int:
 class Server:
     """One service process on a free loopback port."""
 
-    def __init__(self, args: list[str], faults: list[str] | None = None, env=None):
+    def __init__(self, args: list[str], faults: list[str] | None = None, hold_file=None, env=None):
+        """``hold_file``: with faults, the engine holds batches with a ``SLOW`` image while it
+        exists (see ``engine_held``)."""
+        self.hold_file = hold_file
+        if hold_file is not None:
+            faults = [*(faults or []), "--slow", str(SLOW), "--hold-file", str(hold_file)]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         flags = [*args, "--port", str(self.port), "--device", "cpu", "--log-level", "warning"]
@@ -151,12 +159,10 @@ def server(model_dir):
 def fault_server(model_dir, tmp_path_factory):
     """Engine wrapped with injected faults; a small queue and batches of at most 16."""
     hold = tmp_path_factory.mktemp("hold") / "hold"
-    faults = ["--poison", str(POISON), "--oom-above", "8", "--slow", str(SLOW)]
-    faults += ["--hold-file", str(hold), "--delay-ms", "5"]
+    faults = ["--poison", str(POISON), "--oom-above", "8", "--delay-ms", "5"]
     args = ["--model", str(model_dir), "--max-queue", "24", "--max-batch-size", "16"]
     args += ["--max-concurrency", "200", "--keep-alive-s", "1"]
-    srv = Server(args, faults=faults).wait_ready()
-    srv.hold_file = hold
+    srv = Server(args, faults=faults, hold_file=hold).wait_ready()
     yield srv
     srv.stop()
 
@@ -168,8 +174,34 @@ def random_batch(n: int, seed: int | None = None) -> np.ndarray:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+NPY_TYPE = {"Content-Type": "application/x-npy"}
+
+
+@contextlib.contextmanager
+def engine_held(server):
+    """Hold the engine on one slow image while the block runs, so requests queue up behind it."""
+    server.hold_file.touch()
+    x = random_batch(1)
+    x[0, 0, 0, 0] = SLOW
+    kwargs = {"content": npy_bytes(x), "headers": NPY_TYPE, "timeout": 60}
+    blocker = threading.Thread(target=httpx.post, args=(server.url + "/predict",), kwargs=kwargs)
+    blocker.start()
+    try:
+        wait_for(server, "gemmserve_batch_running_images", lambda v: v == 1)
+        yield
+    finally:
+        server.hold_file.unlink()
+        blocker.join()
+
+
+def wait_for(server, name: str, predicate, timeout_s: float = 20) -> None:
+    """Poll /metrics until ``predicate(value of name)`` holds."""
+    end = time.monotonic() + timeout_s
+    while not predicate(metric(server.metrics(), name)):
+        assert time.monotonic() < end, f"{name} never reached the expected value"
+        time.sleep(0.005)

@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
-import time
 
 import httpx
 import numpy as np
 
-from tests.service.conftest import POISON, SLOW, delta, metric, npy_bytes, random_batch
+from tests.service.conftest import (
+    POISON,
+    delta,
+    engine_held,
+    npy_bytes,
+    random_batch,
+    wait_for,
+)
 
 RTOL, ATOL = 1e-4, 1e-5
 NPY = {"Content-Type": "application/x-npy"}
@@ -31,33 +36,6 @@ async def _post_all(url: str, bodies: list[bytes], headers=None) -> list[httpx.R
 def post_concurrently(url: str, inputs: np.ndarray, headers=None) -> list[httpx.Response]:
     """One request per image, all at once."""
     return asyncio.run(_post_all(url, [npy_bytes(x) for x in inputs], headers))
-
-
-@contextlib.contextmanager
-def engine_held(server):
-    """Hold the engine on one slow image while the block runs, so requests queue up behind it."""
-    server.hold_file.touch()
-    x = random_batch(1)
-    x[0, 0, 0, 0] = SLOW
-    kwargs = {"content": npy_bytes(x), "headers": NPY, "timeout": 60}
-    blocker = threading.Thread(target=httpx.post, args=(server.url + "/predict",), kwargs=kwargs)
-    blocker.start()
-    try:
-        end = time.monotonic() + 20
-        while metric(server.metrics(), "gemmserve_batch_running_images") != 1:
-            assert time.monotonic() < end, "the slow image never reached the engine"
-            time.sleep(0.005)
-        yield
-    finally:
-        server.hold_file.unlink()
-        blocker.join()
-
-
-def wait_for(server, name: str, predicate, timeout_s: float = 20) -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate(metric(server.metrics(), name)):
-        assert time.monotonic() < end, f"{name} never reached the expected value"
-        time.sleep(0.005)
 
 
 def post_behind_held_engine(server, inputs: np.ndarray, queued: int) -> list[httpx.Response]:
