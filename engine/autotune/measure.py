@@ -33,48 +33,79 @@ def relative_error(xp, y, reference) -> float:
 def measure(backend, spec: ConvSpec, weight, bias, names, budget_s: float, max_repeats: int):
     """Time every algorithm in ``names`` (the reference first) on one random input.
 
-    Returns the timings in ``names`` order and the built instance of the fastest valid one.
-    A candidate that raises, or whose output differs from the first candidate's by more than
-    its precision allows, is scored ``inf``.
+    Each candidate is built and run once (warm-up), and its output checked against the
+    reference's; then the survivors are timed in rounds, one run of each per round, so that a
+    burst of load from other processes lands on all of them rather than on one. Candidates
+    twice as slow as the best after two rounds stop early. Returns the timings in ``names``
+    order and the built instance of the fastest valid one. A candidate that raises, or whose
+    output differs from the reference by more than its precision allows, is scored ``inf``.
     """
     rng = np.random.default_rng(zlib.crc32(spec.key().encode()))
     x = backend.asarray(rng.standard_normal((spec.n, spec.h, spec.w, spec.c), dtype=np.float32))
     out = backend.empty((spec.n, spec.out_h, spec.out_w, spec.k))
-    reference, timings, best = None, [], (math.inf, None)
+    scratch = Scratch(backend)
+    timings = {name: Timing(name, math.inf, "not run") for name in names}
+    ready, reference = {}, None
     for name in names:
         try:
             algo = ALGORITHMS[name](spec, weight, bias, backend)
-            timing = time_one(backend, algo, x, out, reference, best[0], budget_s, max_repeats)
-        except Exception as error:  # any failure (OOM, CuPy, bugs) means "not this one"
-            reason = "out of memory" if backend.is_out_of_memory(error) else repr(error)
-            log.warning("autotune: %s failed on %s: %s", name, spec.key(), reason)
-            timing, algo = Timing(name, math.inf, reason), None
-        timings.append(timing)
-        if reference is None and math.isfinite(timing.ms):
+            algo(x, out, scratch.get(type(algo).workspace_elems(spec)))
+            error = 0.0 if reference is None else relative_error(backend.xp, out, reference)
+        except Exception as failure:  # any failure (OOM, CuPy, bugs) means "not this one"
+            timings[name] = rejected(backend, spec, name, failure)
+            continue
+        if not error <= algo.tolerance:
+            timings[name].reason = f"relative error {error:.2e} > {algo.tolerance:.0e}"
+            continue
+        if reference is None:
             reference = out.copy()  # the reference algorithm's output, or the first that ran
-        if timing.ms < best[0]:
-            best = (timing.ms, algo)
-    return timings, best[1]
+        ready[name] = algo
+    samples = time_rounds(backend, ready, x, out, scratch, timings, budget_s, max_repeats)
+    for name, times_s in samples.items():
+        timings[name] = Timing(name, statistics.median(times_s) * 1e3)
+    valid = [t for t in timings.values() if math.isfinite(t.ms)]
+    winner = ready[min(valid, key=lambda t: t.ms).name] if valid else None
+    return [timings[name] for name in names], winner
 
 
-def time_one(backend, algo, x, out, reference, best_ms, budget_s, max_repeats) -> Timing:
-    """Warm up once (and check the output), then time runs until the budget or the repeat limit.
+def rejected(backend, spec: ConvSpec, name: str, failure: BaseException) -> Timing:
+    reason = "out of memory" if backend.is_out_of_memory(failure) else repr(failure)
+    log.warning("autotune: %s failed on %s: %s", name, spec.key(), reason)
+    return Timing(name, math.inf, reason)
 
-    Two runs both over twice the best time so far end it early: one slow run alone may be
-    another process taking the core, so it does not condemn a candidate.
-    """
-    cls = type(algo)
-    workspace = backend.empty((max(cls.workspace_elems(algo.spec), 1),))
-    algo(x, out, workspace)
-    if reference is not None:
-        error = relative_error(backend.xp, out, reference)
-        if not error <= cls.tolerance:
-            return Timing(cls.name, math.inf, f"relative error {error:.2e} > {cls.tolerance:.0e}")
-    times_s: list[float] = []
-    while len(times_s) < max_repeats and sum(times_s) < budget_s:
-        start = backend.now()
-        algo(x, out, workspace)
-        times_s.append(backend.now() - start)
-        if len(times_s) == 2 and min(times_s) * 1e3 > 2 * best_ms:
+
+def time_rounds(backend, ready, x, out, scratch, timings, budget_s, max_repeats):
+    """Seconds per run of each ready candidate, measured in interleaved rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in ready}
+    active = list(ready)
+    for round_index in range(max_repeats):
+        for name in list(active):
+            algo = ready[name]
+            workspace = scratch.get(type(algo).workspace_elems(algo.spec))
+            try:
+                start = backend.now()
+                algo(x, out, workspace)
+                samples[name].append(backend.now() - start)
+            except Exception as failure:  # as in the warm-up
+                timings[name] = rejected(backend, algo.spec, name, failure)
+                active.remove(name)
+                del samples[name]
+        if round_index == 1 and active:  # clear losers: two runs are evidence enough
+            fastest = min(min(samples[name]) for name in active)
+            active = [name for name in active if min(samples[name]) <= 2 * fastest]
+        if all(sum(samples[name]) >= budget_s for name in active):
             break
-    return Timing(cls.name, statistics.median(times_s) * 1e3)
+    return samples
+
+
+class Scratch:
+    """One workspace for all candidates of a spec (they run one at a time), grown on demand."""
+
+    def __init__(self, backend):
+        self.backend, self.buffer = backend, None
+
+    def get(self, elems: int):
+        if self.buffer is None or self.buffer.size < elems:
+            self.buffer = None  # free the smaller one first
+            self.buffer = self.backend.empty((max(elems, 1),))
+        return self.buffer[: max(elems, 1)]

@@ -86,6 +86,27 @@ def test_failing_and_wrong_candidates_score_inf(monkeypatch, caplog):
     assert "broken failed" in caplog.text
 
 
+class FailsAfterWarmup(Im2colGemm):
+    """Right on its first call, then out of memory (as a device running short would be)."""
+
+    name = "fails_after_warmup"
+
+    def __call__(self, x, out, workspace):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 1:
+            raise MemoryError("out of memory")
+        super().__call__(x, out, workspace)
+
+
+def test_candidate_failing_while_timed_scores_inf(monkeypatch):
+    monkeypatch.setitem(ALGORITHMS, "fails_after_warmup", FailsAfterWarmup)
+    tuner = Autotuner(BACKEND)
+    choice = choose(tuner)
+    assert "fails_after_warmup" not in {choice.algorithm.name, *choice.runners_up}
+    rejected = {r["name"]: r["reason"] for r in tuner.entries[SPEC.key()]["rejected"]}
+    assert rejected["fails_after_warmup"] == "out of memory"
+
+
 def test_runner_up_fallback_without_retuning():
     tuner = Autotuner(BACKEND)
     choice = choose(tuner)
