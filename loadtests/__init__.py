@@ -1,0 +1,1 @@
+"""Locust load tests, the load-test report and the soak run (``python -m loadtests``)."""

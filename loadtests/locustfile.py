@@ -80,7 +80,7 @@ class ClientBase(FastHttpUser):
         return [pool[i] for i in self.rng.integers(0, len(pool), count)]
 
     def post(self, path: str, name: str, body: Body, check) -> None:
-        headers = {"Content-Type": body.content_type}
+        headers = {"Content-Type": body.content_type, **dict(body.headers)}
         with self.client.post(
             path, data=body.data, headers=headers, name=name, catch_response=True
         ) as response:
@@ -96,10 +96,11 @@ class ClientBase(FastHttpUser):
     def predict(self, name: str, body: Body) -> None:
         self.post("/predict", name, body, check_predict)
 
-    def infer_v2(self, count: int) -> None:
+    def infer_v2(self, count: int, binary: bool) -> None:
         shape = STATE["shape"]
-        body = kserve_body(self.rng, shape, count)
-        self.post(f"/v2/models/{shape.name}/infer", "/v2 infer", body, check_v2)
+        body = kserve_body(self.rng, shape, count, binary)
+        name = "/v2 infer binary" if binary else "/v2 infer"
+        self.post(f"/v2/models/{shape.name}/infer", name, body, check_v2)
 
     def send_bad(self, bad: BadInput) -> None:
         self.post(bad.path, f"bad: {bad.name}", bad.body, refused(bad))
@@ -127,9 +128,13 @@ class MixedClient(ClientBase):
     def b64_json(self) -> None:
         self.predict("/predict b64", b64_body(self.pngs(int(self.rng.integers(1, 4)))))
 
-    @task(3)
+    @task(2)
     def kserve(self) -> None:
-        self.infer_v2(int(self.rng.integers(1, 5)))
+        self.infer_v2(int(self.rng.integers(1, 5)), binary=False)
+
+    @task(1)
+    def kserve_binary(self) -> None:
+        self.infer_v2(int(self.rng.integers(1, 9)), binary=True)
 
     @task(1)
     def bad_input(self) -> None:
@@ -213,13 +218,17 @@ def check_predict(response, body: Body) -> str | None:
 
 
 def check_v2(response, body: Body) -> str | None:
-    """One output row of ``classes`` values per image sent."""
+    """One output row of ``classes`` values per image sent (JSON numbers or binary tensor)."""
     if response.status_code != 200:
         return http_problem(response)
-    output = json.loads(response.content)["outputs"][0]
+    header_length = response.headers.get("Inference-Header-Content-Length")
+    content = response.content
+    split = int(header_length) if header_length else len(content)
+    output = json.loads(content[:split])["outputs"][0]
+    values = len(output["data"]) if "data" in output else (len(content) - split) // 4
     expected = [body.images, STATE["shape"].classes]
-    if output["shape"] != expected or len(output["data"]) != body.images * expected[1]:
-        return f"output shape {output['shape']}, expected {expected}"
+    if output["shape"] != expected or values != body.images * expected[1]:
+        return f"output shape {output['shape']} with {values} values, expected {expected}"
     return None
 
 

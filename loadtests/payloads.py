@@ -48,6 +48,7 @@ class Body:
     content_type: str
     data: bytes
     images: int  # images the service should answer for
+    headers: tuple[tuple[str, str], ...] = ()  # more request headers
 
 
 @dataclass(frozen=True)
@@ -111,20 +112,18 @@ def npy_body(rng: np.random.Generator, shape: ModelShape, count: int) -> Body:
     return Body("application/x-npy", npy_bytes(tensor), count)
 
 
-def kserve_body(rng: np.random.Generator, shape: ModelShape, count: int) -> Body:
-    """A KServe v2 JSON inference request with one FP32 input."""
+def kserve_body(rng: np.random.Generator, shape: ModelShape, count: int, binary=False) -> Body:
+    """A KServe v2 inference request with one FP32 input: JSON numbers, or (``binary``) the
+    binary-tensor extension both ways, as Triton's clients send it."""
     tensor = rng.random((count, *shape.chw), dtype=np.float32)
-    request = {
-        "inputs": [
-            {
-                "name": shape.input_name,
-                "shape": list(tensor.shape),
-                "datatype": "FP32",
-                "data": tensor.ravel().round(4).tolist(),
-            }
-        ]
-    }
-    return Body("application/json", json.dumps(request).encode(), count)
+    spec = {"name": shape.input_name, "shape": list(tensor.shape), "datatype": "FP32"}
+    if not binary:
+        request = {"inputs": [{**spec, "data": tensor.ravel().round(4).tolist()}]}
+        return Body("application/json", json.dumps(request).encode(), count)
+    spec["parameters"] = {"binary_data_size": tensor.nbytes}
+    header = json.dumps({"inputs": [spec], "parameters": {"binary_data_output": True}}).encode()
+    length = (("Inference-Header-Content-Length", str(len(header))),)
+    return Body("application/octet-stream", header + tensor.tobytes(), count, length)
 
 
 def b64_body(pngs: list[bytes]) -> Body:

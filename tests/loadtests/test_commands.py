@@ -34,7 +34,7 @@ def test_run_passes_with_every_kind_of_request_and_no_failure(tmp_path):
     rows = stats_rows(tmp_path / "run_stats.csv")
     assert int(rows["Aggregated"]["Request Count"]) > 50
     assert int(rows["Aggregated"]["Failure Count"]) == 0
-    kinds = {"/predict png", "/predict multipart", "/predict npy", "/v2 infer",
+    kinds = {"/predict png", "/predict multipart", "/predict npy", "/v2 infer", "/v2 infer binary",
              "/predict png (open loop)"}  # fmt: skip
     assert kinds <= set(rows)
     assert any(name.startswith("bad: ") for name in rows)  # the trickle of bad inputs ran

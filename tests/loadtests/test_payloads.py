@@ -85,13 +85,18 @@ def test_good_bodies_get_one_result_per_image(service, shape, kind):
     assert all(0 <= r["predictions"][0]["index"] < shape.classes for r in results)
 
 
-def test_kserve_body_is_answered_with_one_row_per_image(service, shape):
-    body = kserve_body(np.random.default_rng(7), shape, 4)
+@pytest.mark.parametrize("binary", [False, True])
+def test_kserve_body_is_answered_with_one_row_per_image(service, shape, binary):
+    body = kserve_body(np.random.default_rng(7), shape, 4, binary)
     answer = httpx.post(
         f"{service.url}/v2/models/{shape.name}/infer",
         content=body.data,
-        headers={"content-type": body.content_type},
+        headers={"content-type": body.content_type, **dict(body.headers)},
         timeout=30,
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json()["outputs"][0]["shape"] == [4, shape.classes]
+    split = int(answer.headers.get("inference-header-content-length", len(answer.content)))
+    output = json.loads(answer.content[:split])["outputs"][0]
+    assert output["shape"] == [4, shape.classes]
+    values = len(output["data"]) if not binary else (len(answer.content) - split) // 4
+    assert values == 4 * shape.classes
