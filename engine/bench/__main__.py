@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import logging
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -34,7 +35,8 @@ from engine.bench.runners import (
 )
 
 QUICK_RESNET_BATCHES = (1, 8)
-CATEGORIES = ("gather", "GEMM + transforms", "epilogue", "pooling", "other")
+CATEGORIES = ("gather", "GEMM + transforms", "epilogue", "conv, threaded", "pooling", "other")
+CONV_CATEGORIES = ("gather", "GEMM + transforms", "epilogue", "conv, threaded")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,7 +96,7 @@ def measure_batch(path: Path, model_proto, batch: int, args, cache: str) -> dict
         row[name] = batch / seconds
     row["profile tuned"] = profile(tuned, x)
     row["profile untuned"] = profile(plain, x)
-    conv_s = sum(row["profile tuned"].get(c, 0) for c in CATEGORIES[:3])
+    conv_s = sum(row["profile tuned"].get(c, 0) for c in CONV_CATEGORIES)
     row["conv GFLOP/s"] = conv_flops_per_image(tuned) * batch / conv_s / 1e9
     return row
 
@@ -102,15 +104,16 @@ def measure_batch(path: Path, model_proto, batch: int, args, cache: str) -> dict
 def throughput_table(rows: list[tuple[str, dict]], gemm_rate: float) -> list[str]:
     lines = [
         "| net | batch | engine tuned | engine untuned | tuning gain | onnxruntime | PyTorch eager "
-        "| tuned / ORT | conv GFLOP/s (tuned) | GEMM GFLOP/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| tuned / ORT | conv GFLOP/s (tuned) | GEMM GFLOP/s | tuning s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for net, r in rows:
         ort, torch = r.get("onnxruntime", math.nan), r.get("PyTorch eager", math.nan)
         lines.append(
             f"| {net} | {r['batch']} | {r['engine tuned']:.0f} | {r['engine untuned']:.0f} "
             f"| {r['engine tuned'] / r['engine untuned']:.2f}x | {ort:.0f} | {torch:.0f} "
-            f"| {r['engine tuned'] / ort:.2f}x | {r['conv GFLOP/s']:.0f} | {gemm_rate:.0f} |"
+            f"| {r['engine tuned'] / ort:.2f}x | {r['conv GFLOP/s']:.0f} | {gemm_rate:.0f} "
+            f"| {r['tuning_s']:.1f} |"
         )
     return lines
 
@@ -138,6 +141,7 @@ def main(argv=None) -> int:
         from engine.cuda.bench import main as cuda_main
 
         return cuda_main(args, workdir, cache)
+    load_start = os.getloadavg()[0]
     gemm_rate = gemm_gflops(2048 if not args.quick else 1024, args.min_time_s)
     rows, reports = [], []
     for net in args.nets:
@@ -154,6 +158,7 @@ def main(argv=None) -> int:
             print(f"{net} batch {batch}: tuned in {row['tuning_s']:.1f} s; vs onnxruntime {errors}",
                   flush=True)  # fmt: skip
             reports += [f"{net}:"] + autotune_report(row.pop("model"))
+    print(f"\nLoad average (1 min) at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}")
     print("\n## Images/s\n\n" + "\n".join(throughput_table(rows, gemm_rate)))
     print("\n## Where the engine's time goes (ms per batch)\n\n" + "\n".join(profile_table(rows)))
     print("\n## Autotuned conv layers (candidates' ms, speed-up over im2col_gemm)\n")

@@ -116,30 +116,32 @@ def conv_flops_per_image(model) -> int:
 
 
 def profile(model, x) -> dict[str, float]:
-    """Seconds per category (gather, GEMM and transforms, epilogue, pooling, other) of one
-    call, timing each planned step on its own and the gather and epilogue inside each conv."""
+    """Seconds per category of one call, timing each planned step on its own and, inside each
+    single-threaded conv, its gather and epilogue. Threaded convs (the ``_parallel`` and
+    ``_bands`` algorithms) run every phase on every core at once: they count as one category."""
     plan = model._plan((model.bucket_for(len(x)), *x.shape[1:]))
     backend, totals = model.backend, defaultdict(float)
     model.backend.copy_to(plan.inputs[model.input_name][: len(x)], x)
     env = {**plan.constants, **plan.inputs}
     for step in plan.steps:
         ins = [env[name] if name else None for name in step.inputs]
-        conv = getattr(step.op, "choice", None)
-        inner = _instrument(backend, conv.algorithm, totals) if conv else ()
+        choice = getattr(step.op, "choice", None)
+        threaded = choice is not None and hasattr(choice.algorithm, "parts")
+        inner = _instrument(backend, choice.algorithm, totals) if choice and not threaded else ()
         start = backend.now()
         env.update(zip(step.outputs, step.op.run(ins, step.buffers)))
         seconds = backend.now() - start
         for obj, attr in inner:
             delattr(obj, attr)
-        node = step.op.ctx.node
-        if conv:
-            totals["GEMM + transforms"] += seconds
-        elif node is not None and node.op in POOLING:
-            totals["pooling"] += seconds
-        else:
-            totals["other"] += seconds
+        totals[_category(step.op.ctx.node, choice, threaded)] += seconds
     totals["GEMM + transforms"] -= totals["gather"] + totals["epilogue"]
     return dict(totals)
+
+
+def _category(node, choice, threaded: bool) -> str:
+    if choice is not None:
+        return "conv, threaded" if threaded else "GEMM + transforms"
+    return "pooling" if node is not None and node.op in POOLING else "other"
 
 
 def _instrument(backend, algorithm, totals) -> list[tuple[object, str]]:
