@@ -71,7 +71,7 @@ class CacheFile:
     def load(self) -> dict[str, dict]:
         """The entries of a matching file; {} (with a warning) for anything else."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes()  # decoded by json.loads: bad UTF-8 is "corrupt" too
         except FileNotFoundError:
             self.status = "absent"
             return {}
