@@ -144,6 +144,8 @@ class CupyBackend(Backend):
     def im2col(self, x, cols, spec, padded) -> None:
         """The gather, padding handled inside the kernel (``padded`` is not needed)."""
         require_contiguous(cols)
+        if spec.n * spec.out_h * spec.out_w >= 2**31:  # the kernel indexes rows in 32 bits
+            raise ValueError(f"{spec.n * spec.out_h * spec.out_w} GEMM rows exceed 2^31")
         args = (x, cols, np.int64(cols.size), *nhw_strides(x))
         args += i32(spec.h, spec.w, spec.out_h, spec.out_w, spec.groups, spec.r, spec.s,
                     spec.c_per_group, spec.pads[0], spec.pads[1], *spec.strides,

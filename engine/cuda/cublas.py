@@ -87,18 +87,20 @@ class Cublas:
                      "cublasGetPointerMode_v2", "cublasSetPointerMode_v2"):  # fmt: skip
             getattr(self.lib, name).restype = ctypes.c_int
         self._alpha, self._beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
+        # a fixed workspace: cuBLAS allocates nothing inside a graph (CuPy never resets it)
+        handle = ctypes.c_void_p(self.handle)
+        self.check(self.lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(address(self.workspace)),
+                                                  ctypes.c_size_t(WORKSPACE_BYTES)),
+                   "setWorkspace")  # fmt: skip
 
     def check(self, status: int, what: str) -> None:
         if status != 0:
             raise CublasError(f"{what} failed with cuBLAS status {status}")
 
     def bind(self, stream_ptr: int) -> None:
-        """Point the handle at ``stream_ptr`` with our workspace, host scalars (no CuPy check)."""
+        """Point the handle at ``stream_ptr``, scalars read from the host (no CuPy check)."""
         handle = ctypes.c_void_p(self.handle)
         self.check(self.lib.cublasSetStream_v2(handle, ctypes.c_void_p(stream_ptr)), "setStream")
-        self.check(self.lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(address(self.workspace)),
-                                                  ctypes.c_size_t(WORKSPACE_BYTES)),
-                   "setWorkspace")  # fmt: skip
         self.check(self.lib.cublasSetPointerMode_v2(handle, 0), "setPointerMode")  # host
 
     def matmul(self, a, b, out=None, math: str = "fp32"):

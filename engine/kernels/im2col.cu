@@ -7,7 +7,8 @@
 // algorithm passes slices of a larger activation.
 #include "common.cuh"
 
-// One 64-bit division splits the flat index into (row, column); the rest is 32-bit arithmetic.
+// One 64-bit division splits the flat index into (row, column); the rest is 32-bit arithmetic
+// (the caller guarantees N * OH * OW < 2^31 rows).
 extern "C" __global__ void im2col_nhwc(
     const float* __restrict__ x, float* __restrict__ cols, long long total,
     long long sn, long long sh, long long sw, int H, int W, int OH, int OW, int G, int R,
@@ -20,9 +21,9 @@ extern "C" __global__ void im2col_nhwc(
     const int s = col % S; col /= S;
     const int r = col % R;
     const int g = col / R;
-    const int ow = (int)(row % OW);
-    const long long rest = row / OW;
-    const int oh = (int)(rest % OH);
+    const int ow = (int)row % OW;
+    const int rest = (int)row / OW;
+    const int oh = rest % OH;
     const long long n = rest / OH;
     const int ih = oh * stride_h - pad_t + r * dil_h;
     const int iw = ow * stride_w - pad_l + s * dil_w;

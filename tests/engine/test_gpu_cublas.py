@@ -1,6 +1,6 @@
 """The direct cuBLAS path (used inside CUDA graph capture): its row-major to column-major call
-arithmetic against a stand-in cuBLAS written in NumPy (no GPU needed), then on a GPU against
-cupy.matmul, inside a real capture, and with the graph runner and streamed transfers."""
+arithmetic against a stand-in cuBLAS written in NumPy (no GPU needed), then on a GPU against a
+float64 product, inside a real capture, and with the graph runner and streamed transfers."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_refuses_what_it_cannot_express():
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", sorted(SHAPES))
 @pytest.mark.parametrize("math", ["fp32", "tf32"])
-def test_direct_gemm_matches_cupy(cuda_backend, case, math):
+def test_direct_gemm_matches_float64(cuda_backend, case, math):
     cupy = cuda_backend.xp
     a, b = SHAPES[case](random(np.random.default_rng()))
     got = Cublas(cupy).matmul(cupy.asarray(a), cupy.asarray(b), math=math)
@@ -195,8 +195,6 @@ def test_streamed_batches_match_one_by_one(cuda_backend, cifar_path):
 def test_tuner_never_picks_tf32_unless_allowed(cuda_backend, cifar_path):
     from engine import load_model
 
-    for allow in (False, True):
-        model = load_model(cifar_path, "cuda", (8,), autotune_mode="force", allow_tf32=allow)
-        algorithms = {layer["algorithm"] for layer in model.info()["layers"]}
-        if not allow:
-            assert not any("tf32" in (name or "") for name in algorithms), algorithms
+    model = load_model(cifar_path, "cuda", (1, 8), autotune_mode="force", allow_tf32=False)
+    algorithms = {layer["algorithm"] for layer in model.info()["layers"] if layer["algorithm"]}
+    assert algorithms and not any("tf32" in name for name in algorithms), algorithms
