@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from loadtests.report import Point  # noqa: E402
 from loadtests.report_text import PLOTS, arrivals, document  # noqa: E402
@@ -59,8 +60,9 @@ def plot_throughput(points: list[Point], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for mbs in batch_sizes(points):
         ax.plot(*series(points, mbs, "rps"), marker="o", label=label(mbs))
-    ax.set(xscale="log", xlabel="concurrent users (closed loop)", ylabel="requests/s", title=title)
-    finish(fig, ax, path)
+    users_axis(ax)
+    ax.set(xlabel="concurrent users (closed loop)", ylabel="requests/s", title=title)
+    finish(fig, [ax], path)
 
 
 def plot_latency(points: list[Point], path: Path, title: str) -> None:
@@ -68,30 +70,47 @@ def plot_latency(points: list[Point], path: Path, title: str) -> None:
     for ax, field in zip(axes, ("p50_ms", "p95_ms", "p99_ms")):
         for mbs in batch_sizes(points):
             ax.plot(*series(points, mbs, field), marker="o", label=label(mbs))
-        ax.set(xscale="log", yscale="log", xlabel="concurrent users", title=field[:3])
+        users_axis(ax)
+        ax.set(xlabel="concurrent users", title=field[:3])
+    log_y(axes[0])  # shared by all three
     axes[0].set_ylabel("latency, ms")
     fig.suptitle(title)
-    finish(fig, axes[0], path)
+    finish(fig, axes, path)
 
 
 def plot_open(points: list[Point], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for mbs in batch_sizes(points, "open"):
+    for color, mbs in enumerate(batch_sizes(points, "open")):
         for burst in sorted({p.burst_factor for p in points if p.mode == "open"}):
             chosen = [p for p in points if p.mode == "open" and p.max_batch_size == mbs]
             chosen = sorted((p for p in chosen if p.burst_factor == burst),
                             key=lambda p: p.arrival_rate)  # fmt: skip
             style = "-" if burst <= 1 else "--"
-            ax.plot([p.arrival_rate for p in chosen], [p.p99_ms for p in chosen], style,
-                    marker="o", label=f"{label(mbs)}, {arrivals(burst)}")  # fmt: skip
-    ax.set(yscale="log", xlabel="offered requests/s (open loop)", ylabel="p99 latency, ms",
-           title=title)  # fmt: skip
-    finish(fig, ax, path)
+            rates, p99s = [p.arrival_rate for p in chosen], [p.p99_ms for p in chosen]
+            name = f"{label(mbs)}, {arrivals(burst)}"
+            ax.plot(rates, p99s, style, color=f"C{color}", marker="o", label=name)
+    log_y(ax)
+    ax.set(xlabel="offered requests/s (open loop)", ylabel="p99 latency, ms", title=title)
+    finish(fig, [ax], path)
 
 
-def finish(fig, ax, path: Path) -> None:
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+def users_axis(ax) -> None:
+    """User counts double from point to point: log base 2, ticks labelled 1, 2, 4, ..."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+
+
+def log_y(ax) -> None:
+    """Log latency axis, unless nothing positive was measured (log scale would refuse it)."""
+    values = [y for line in ax.get_lines() for y in line.get_ydata()]
+    if any(y > 0 for y in values):
+        ax.set_yscale("log")
+
+
+def finish(fig, axes, path: Path) -> None:
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
