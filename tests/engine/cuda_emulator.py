@@ -103,14 +103,20 @@ class EmulatedKernel:
 
 
 def build(source_names: list[str], workdir: Path) -> dict[str, EmulatedKernel]:
-    """Compile the named kernel sources (as CuPy receives them) into one shared library."""
-    parts, kernels = [PRELUDE], {}
+    """Compile each named kernel source (as CuPy receives it) into its own shared library:
+    one translation unit per source, as NVRTC compiles them."""
+    kernels = {}
     for source in source_names:
         text = kernel_source(source)
-        parts.append(text)
-        kernels.update({name: (params, text) for name, params in kernels_in(text).items()})
-    parts += [launcher(name, params, text) for name, (params, text) in kernels.items()]
-    code = "\n".join(parts)
+        found = kernels_in(text)
+        code = "\n".join([PRELUDE, text, *(launcher(n, p, text) for n, p in found.items())])
+        lib = ctypes.CDLL(str(compile_library(code, workdir)))
+        for name, params in found.items():
+            kernels[name] = EmulatedKernel(getattr(lib, f"emulate_{name}"), params)
+    return kernels
+
+
+def compile_library(code: str, workdir: Path) -> Path:
     digest = hashlib.sha256(code.encode()).hexdigest()[:16]
     library = workdir / f"emulated_{digest}.so"
     if not library.exists():
@@ -120,9 +126,7 @@ def build(source_names: list[str], workdir: Path) -> dict[str, EmulatedKernel]:
              str(workdir / f"{digest}.cpp")],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
-    lib = ctypes.CDLL(str(library))
-    return {name: EmulatedKernel(getattr(lib, f"emulate_{name}"), params)
-            for name, (params, _) in kernels.items()}  # fmt: skip
+    return library
 
 
 def compiler() -> str | None:
