@@ -88,6 +88,8 @@ def fold_batchnorm(graph: Graph) -> None:
             continue
         scale, shift = bn_scale_shift(*params, float(bn.attrs.get("epsilon", 1e-5)))
         bias = graph.constants.get(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else 0
+        if bias is None:  # a bias computed at run time: nothing to fold into (Conv refuses it)
+            continue
         new_w = (weight.astype(np.float64) * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
         new_b = (np.asarray(bias, np.float64) * scale + shift).astype(np.float32)
         graph.constants[conv.name + "/folded_weight"] = new_w

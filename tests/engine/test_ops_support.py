@@ -86,3 +86,17 @@ def test_dropout_in_training_mode_is_refused():
     model = single_node("Dropout", {"x": x}, {"ratio": np.float32(0.5),
                                               "training": np.array(True)})  # fmt: skip
     assert any("training mode" in p for p in _problems(model))
+
+
+@pytest.mark.parametrize("then_batchnorm", [False, True])
+def test_conv_bias_at_run_time_is_refused(then_batchnorm):
+    """A bias fed at run time (with or without a BatchNorm to fold) is refused, not folded."""
+    rng = np.random.default_rng(6)
+    x, w, b = randn(rng, 1, 3, 5, 5), randn(rng, 4, 3, 3, 3), randn(rng, 4)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c" if then_batchnorm else "y"])]
+    consts = {"w": w}
+    if then_batchnorm:
+        consts |= {name: np.ones(4, np.float32) for name in ("g", "beta", "m", "v")}
+        nodes.append(helper.make_node("BatchNormalization", ["c", "g", "beta", "m", "v"], ["y"]))
+    problems = _problems(make_model(nodes, {"x": x, "b": b}, ["y"], consts))
+    assert any("Conv" in p and "constant" in p for p in problems)
