@@ -84,6 +84,21 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
         future.set_result(result)
 
 
+def _settle_all(outcomes: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for outcome in outcomes:
+        _settle(*outcome)
+
+
+def _hand_back(items: list[_Item], results: list, exc: BaseException | None) -> None:
+    """Settle the items' futures on their event loop: one wake-up per batch, not per image."""
+    if not items:
+        return
+    outcomes = [(item.future, result, exc) for item, result in zip(items, results, strict=True)]
+    # A closed loop (RuntimeError) means nobody is waiting any more.
+    with contextlib.suppress(RuntimeError):
+        items[0].loop.call_soon_threadsafe(_settle_all, outcomes)
+
+
 class Batcher:
     """Owns the engine thread. ``setup`` runs on that thread and returns the batch function."""
 
@@ -241,9 +256,8 @@ class Batcher:
         elapsed = time.monotonic() - started
         waits = tuple(started - item.enqueued for item in items)
         self._observer.on_batch(BatchStats(len(items), waits, elapsed))
-        for item, row in zip(items, y, strict=True):
-            # Copy: the engine may reuse its output buffer on the next call.
-            item.loop.call_soon_threadsafe(_settle, item.future, np.array(row, copy=True), None)
+        # Copy: the engine may reuse its output buffer on the next call.
+        _hand_back(items, [np.array(row, copy=True) for row in y], None)
 
     def _on_failure(self, items: list[_Item], exc: Exception) -> None:
         if len(items) == 1:
@@ -261,7 +275,4 @@ class Batcher:
             return
         if reason:
             self._observer.on_reject(reason, len(items))
-        for item in items:
-            # A closed loop (RuntimeError) means nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                item.loop.call_soon_threadsafe(_settle, item.future, None, exc)
+        _hand_back(items, [None] * len(items), exc)
