@@ -15,6 +15,10 @@ from engine.conv import ALGORITHMS, ConvSpec
 log = logging.getLogger("engine.autotune")
 
 
+#: a candidate whose warm-up run took this many times the fastest warm-up is not timed further
+WARMUP_PRUNE_FACTOR = 3.0
+
+
 @dataclass
 class Timing:
     """One candidate's median time, or ``inf`` and the reason it was rejected."""
@@ -34,8 +38,10 @@ def measure(backend, spec: ConvSpec, weight, bias, names, budget_s: float, max_r
     """Time every algorithm in ``names`` (the reference first) on one random input.
 
     Each candidate is built and run once (warm-up), and its output checked against the
-    reference's; then the survivors are timed in rounds, one run of each per round, so that a
-    burst of load from other processes lands on all of them rather than on one. Candidates
+    reference's. A candidate whose warm-up took over three times the fastest one's keeps that
+    time and is not run again (the reference is always timed, for the speed-ups). The others
+    are timed in rounds, one run of each per round, so that a burst of load from other
+    processes lands on all of them rather than on one; big layers get one round. Candidates
     twice as slow as the best after two rounds stop early. Returns the timings in ``names``
     order and the built instance of the fastest valid one. A candidate that raises, or whose
     output differs from the reference by more than its precision allows, is scored ``inf``.
@@ -45,11 +51,14 @@ def measure(backend, spec: ConvSpec, weight, bias, names, budget_s: float, max_r
     out = backend.empty((spec.n, spec.out_h, spec.out_w, spec.k))
     scratch = Scratch(backend)
     timings = {name: Timing(name, math.inf, "not run") for name in names}
-    ready, reference = {}, None
+    ready, reference, warm_s = {}, None, {}
     for name in names:
         try:
             algo = ALGORITHMS[name](spec, weight, bias, backend)
-            algo(x, out, scratch.get(type(algo).workspace_elems(spec)))
+            workspace = scratch.get(type(algo).workspace_elems(spec))
+            start = backend.now()
+            algo(x, out, workspace)
+            warm_s[name] = backend.now() - start
             error = 0.0 if reference is None else relative_error(backend.xp, out, reference)
         except Exception as failure:  # any failure (OOM, CuPy, bugs) means "not this one"
             timings[name] = rejected(backend, spec, name, failure)
@@ -60,7 +69,15 @@ def measure(backend, spec: ConvSpec, weight, bias, names, budget_s: float, max_r
         if reference is None:
             reference = out.copy()  # the reference algorithm's output, or the first that ran
         ready[name] = algo
-    samples = time_rounds(backend, ready, x, out, scratch, timings, budget_s, max_repeats)
+    timed = dict(ready)
+    if ready:
+        fastest = min(warm_s[name] for name in ready)
+        for name in list(ready)[1:]:
+            if warm_s[name] > WARMUP_PRUNE_FACTOR * fastest:
+                timings[name] = Timing(name, warm_s[name] * 1e3)
+                del timed[name]
+        max_repeats = max(1, min(max_repeats, math.ceil(budget_s / fastest)))
+    samples = time_rounds(backend, timed, x, out, scratch, timings, budget_s, max_repeats)
     for name, times_s in samples.items():
         timings[name] = Timing(name, statistics.median(times_s) * 1e3)
     valid = [t for t in timings.values() if math.isfinite(t.ms)]

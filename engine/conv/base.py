@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import ClassVar
 
 import numpy as np
@@ -43,13 +44,17 @@ class ConvAlgorithm:
         self.bias = backend.asarray(np.ascontiguousarray(bias, dtype=np.float32))
 
     def shared(self, what: str, weight: np.ndarray, make):
-        """``make()``'s re-laid weights, made once per layer and algorithm and shared by the
-        instances of every batch bucket (only the batch size differs between them)."""
-        cache = self.backend.__dict__.setdefault("_prepared_weights", {})
-        key = (self.name, what, id(weight), dataclasses.replace(self.spec, n=0))
-        if key not in cache:
-            cache[key] = (weight, make())  # holding ``weight`` keeps its id from being reused
-        return cache[key][1]
+        """``make()``'s re-laid weights in layout ``what``, made once per layer and shared by
+        every instance that uses that layout: the buckets of one algorithm (only the batch size
+        differs) and the algorithms that lay weights out alike. An entry lives as long as an
+        instance holds it, so the tuner's losing candidates leave nothing behind."""
+        cache = self.backend.__dict__.setdefault("_prepared_weights", weakref.WeakValueDictionary())
+        key = (what, id(weight), dataclasses.replace(self.spec, n=0))
+        entry = cache.get(key)
+        if entry is None:
+            entry = cache[key] = Prepared(weight, make())
+        self.__dict__.setdefault("_prepared", []).append(entry)
+        return entry.array
 
     def __call__(self, x, out, workspace) -> None:
         """x: (N, H, W, C) contiguous; out: (N, OH, OW, K) contiguous; workspace: 1-D float32."""
@@ -58,6 +63,16 @@ class ConvAlgorithm:
     def finish(self, out2d) -> None:
         """Bias and activation, in place on the (rows, K) GEMM output."""
         self.backend.epilogue(out2d, self.bias, self.spec.epilogue)
+
+
+class Prepared:
+    """Re-laid weights, and the array they came from: holding it keeps its id (part of the
+    cache key) from being reused by another array while the entry lives."""
+
+    __slots__ = ("weight", "array", "__weakref__")
+
+    def __init__(self, weight, array):
+        self.weight, self.array = weight, array
 
 
 def gemm_weights(spec: ConvSpec, weight: np.ndarray) -> np.ndarray:

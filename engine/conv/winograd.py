@@ -69,7 +69,8 @@ class Winograd3x3(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.u = self.shared("winograd", weight, lambda: backend.asarray(self.transform(weight)))
+        layout = f"winograd_f{self.m}"
+        self.u = self.shared(layout, weight, lambda: backend.asarray(self.transform(weight)))
         self.bb = backend.asarray(np.kron(self.BT, self.BT).astype(np.float32))
         aa = np.kron(self.AT, self.AT)
         self.aa = backend.asarray(aa.astype(np.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from tests.engine.conv_cases import make_problem, make_spec, reference_nhwc
 from tests.engine.reference import rel_error
 
 ROOT = Path(__file__).resolve().parents[2]
+measure_module = importlib.import_module("engine.autotune.measure")  # the package exports measure()
 BACKEND = NumpyBackend()
 SPEC = make_spec((2, 6, 9, 10, 7, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1), Epilogue("relu"))
 OTHER = make_spec((1, 5, 8, 7, 6, 3, 3, (0, 1, 1, 0), (1, 1), (1, 1), 1))
@@ -100,6 +102,7 @@ class FailsAfterWarmup(Im2colGemm):
 
 def test_candidate_failing_while_timed_scores_inf(monkeypatch):
     monkeypatch.setitem(ALGORITHMS, "fails_after_warmup", FailsAfterWarmup)
+    monkeypatch.setattr(measure_module, "WARMUP_PRUNE_FACTOR", math.inf)  # always timed
     tuner = Autotuner(BACKEND)
     choice = choose(tuner)
     assert "fails_after_warmup" not in {choice.algorithm.name, *choice.runners_up}
