@@ -60,7 +60,8 @@ def limits_of(settings: Settings) -> Limits:
     return Limits(
         max_image_pixels=settings.max_image_pixels,
         allowed_formats=settings.allowed_formats,
-        max_images=settings.max_images_per_request,
+        # A request larger than the queue could never be admitted: refuse it as too large instead.
+        max_images=min(settings.max_images_per_request, settings.max_queue),
         max_item_bytes=settings.max_body_bytes,
         multipart=MultipartLimits(
             max_files=settings.multipart_max_files,

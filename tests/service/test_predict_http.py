@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
+import subprocess
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import MEAN, STD, metric, npy_bytes, random_batch
 
@@ -169,3 +172,18 @@ def test_metrics_names_and_bounded_labels(server):
             routes.add(line.split('route="')[1].split('"')[0])
     assert "unmatched" in routes
     assert all(r == "unmatched" or not r.startswith(("/nope", "/a/", "/v3")) for r in routes)
+
+
+def test_metrics_exposition_parses(server):
+    """The exposition parses, and passes `promtool check metrics` where promtool is installed."""
+    text = server.metrics()
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["gemmserve_batch_size"] == "histogram"
+    assert families["gemmserve_requests_rejected"] == "counter"
+    assert families["gemmserve_queue_depth"] == "gauge"
+    promtool = shutil.which("promtool")
+    if promtool:
+        run = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
