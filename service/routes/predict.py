@@ -93,7 +93,9 @@ async def predict(
     rt: Annotated[Runtime, Depends(runtime)],
     top_k: Annotated[int | None, Query(ge=1, le=100_000)] = None,
     raw: bool = False,
-    x_timeout_ms: Annotated[float | None, Header(gt=0, description="shorter deadline")] = None,
+    x_timeout_ms: Annotated[
+        float | None, Header(ge=1, le=3_600_000, description="shorter deadline, in ms")
+    ] = None,
 ) -> JSONResponse:
     """Classify each image of the body; one result per image, in order."""
     with rt.lifecycle.admit():
