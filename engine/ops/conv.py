@@ -52,7 +52,8 @@ def conv_spec(ctx) -> ConvSpec:
     if w is None or (ctx.has_input(2) and ctx.const(2) is None):
         raise UnsupportedModelError([f"{node.name} (Conv): weights and bias must be constants"])
     if len(x_shape) != 4 or w.ndim != 4:
-        raise UnsupportedModelError([f"{node.name} (Conv): input {x_shape} is not 2-D NCHW"])
+        problem = f"{node.name} (Conv): input {x_shape} and weights {w.shape} are not 2-D NCHW"
+        raise UnsupportedModelError([problem])
     n, c, h, width = x_shape
     k, cg, r, s = w.shape
     groups = int(node.attrs.get("group", 1))

@@ -94,7 +94,8 @@ def test_prelu(slope_shape, after_conv):
     assert rel_error(run_batched(model, x), prelu(ref, slope)) < TOL
 
 
-BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
+          "Max": np.maximum, "Min": np.minimum}  # fmt: skip
 # (first shape, second shape): NumPy broadcasting both ways, lower ranks, scalars
 PLAIN_SHAPES = [((7, 5, 4, 6), (5, 1, 1)), ((7, 5, 4, 6), (6,)), ((7, 5, 4, 6), ()),
                 ((3, 1, 6), (5, 1)), ((1, 5), (7, 1)), ((7, 5, 4, 6), (7, 5, 4, 6))]  # fmt: skip
@@ -143,6 +144,31 @@ def test_binary_broadcasting_after_conv(op, case, order):
     model = make_model([*conv, helper.make_node(op, names, ["y"])], inputs, ["y"], consts)
     operands = [ref, other.astype(np.float64)][:: 1 if order == "conv_first" else -1]
     assert rel_error(run(model, inputs)[0], BINARY[op](*operands)) < TOL
+
+
+@pytest.mark.parametrize("shapes", PLAIN_SHAPES, ids=str)
+def test_pow_broadcasting(shapes):
+    """Pow keeps the base's type: float32 base, float32 or int64 exponent."""
+    rng = np.random.default_rng(len(shapes[0]))
+    base, exponent = positive(rng, *shapes[0], low=0.2, high=2.0), randn(rng, *shapes[1])
+    for exp in (exponent, np.rint(exponent * 2).astype(np.int64)):
+        got = run(single_node("Pow", {"a": base, "b": exp}, opset=15), {"a": base, "b": exp})[0]
+        assert got.dtype == np.float32
+        assert rel_error(got, np.power(base.astype(np.float64), exp.astype(np.float64))) < TOL
+
+
+@pytest.mark.parametrize("op", ["Max", "Min", "Sum"])
+def test_variadic_of_four_after_conv(op):
+    """Max/Min/Sum of an NHWC conv output, a runtime NCHW tensor, a (C,1,1) and a (W,) constant."""
+    rng = np.random.default_rng(12)
+    x = randn(rng, 7, 3, 9, 5)
+    conv, consts, ref = _conv(rng, x)
+    z, c11, w = randn(rng, 7, 6, 9, 5), randn(rng, 6, 1, 1), randn(rng, 5)
+    node = helper.make_node(op, ["z", "c", "c11", "row"], ["y"])
+    model = make_model([conv, node], {"x": x, "z": z}, ["y"], consts | {"c11": c11, "row": w})
+    combine = {"Max": np.maximum, "Min": np.minimum, "Sum": np.add}[op]
+    expected = combine(combine(combine(z.astype(np.float64), ref), c11), w)
+    assert rel_error(run(model, {"x": x, "z": z})[0], expected) < TOL
 
 
 @pytest.mark.parametrize("after_conv", [False, True])
