@@ -87,6 +87,23 @@ class Metrics:
         self.ready.set_function(ready)
         self.inflight.set_function(inflight)
 
+    def set_autotune(self, info: dict) -> None:
+        """The autotuner's counters after warm-up (tuning happens at load, so they stay put)."""
+        choices = Gauge(
+            "gemmserve_autotune_choices",
+            "Conv algorithm choices at load, by where they came from",
+            ["source"],
+            registry=self.registry,
+        )
+        for source in ("hits", "misses", "defaults", "fallbacks"):
+            choices.labels(source=source).set(float(info.get(source, 0)))
+        tuning = Gauge(
+            "gemmserve_autotune_tuning_seconds",
+            "Time spent timing candidates at load",
+            registry=self.registry,
+        )
+        tuning.set(float(info.get("tuning_seconds", 0.0)))
+
     def bind_gpu_memory(
         self, used_bytes: Callable[[], float], total_bytes: Callable[[], float]
     ) -> None:

@@ -101,6 +101,7 @@ class Runtime:
         spec = load_spec(self.settings.model, tuple(model.input_shape))
         model.warmup()
         self_test(model)
+        self.metrics.set_autotune(dict(model.info().get("autotune") or {}))
         self.model, self.spec = model, spec
         self.decoder = Decoder(spec, tuple(model.input_shape), limits_of(self.settings))
         elapsed_s = time.monotonic() - started

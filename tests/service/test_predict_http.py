@@ -181,6 +181,7 @@ def test_metrics_exposition_parses(server):
     assert families["gemmserve_batch_size"] == "histogram"
     assert families["gemmserve_requests_rejected"] == "counter"
     assert families["gemmserve_queue_depth"] == "gauge"
+    assert families["gemmserve_autotune_choices"] == "gauge"
     promtool = shutil.which("promtool")
     if promtool:
         run = subprocess.run(
