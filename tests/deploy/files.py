@@ -251,21 +251,24 @@ def flags_of(argv: list[str]) -> dict[str, str]:
 
 # --- PromQL ----------------------------------------------------------------------------------
 
-_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
-_PROMQL_KEYWORDS |= {"and", "or", "unless", "offset", "inf", "nan"}
 _HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 
 
 def promql_metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression (or Grafana ``label_values(m, l)``) reads."""
-    names = set(re.findall(r"label_values\(\s*([\w:]+)\s*,", expr))
-    expr = re.sub(r"label_values\([^)]*\)", " ", expr)
-    expr = re.sub(r'"(?:\\.|[^"\\])*"', " ", expr)  # strings (label values, Grafana variables)
-    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", expr)  # label matchers and ranges
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    for match in re.finditer(r"(?<![\w$.])([a-zA-Z_:][\w:]*)\b(\s*\()?", expr):
-        if not match.group(2) and match.group(1).lower() not in _PROMQL_KEYWORDS:
-            names.add(match.group(1))
+    """The metric names a PromQL expression (or Grafana ``label_values(m, l)``) reads.
+
+    Raises ``ValueError`` when the expression does not parse."""
+    label_values = re.fullmatch(r"label_values\(\s*([\w:]+)\s*,\s*\w+\s*\)", expr.strip())
+    if label_values:
+        return {label_values.group(1)}
+    promql = pytest.importorskip("promql_parser")  # in the dev extra
+    names: set[str] = set()
+
+    def visit(node) -> None:
+        if isinstance(node, promql.VectorSelector) and node.name:
+            names.add(node.name)
+
+    promql.walk(promql.parse(expr), visit)
     return names
 
 

@@ -113,6 +113,11 @@ def test_hpa_metrics_are_served_by_the_adapter_from_service_metrics() -> None:
         assert len(names) == 1 and not unknown_metrics(names), rule["seriesQuery"]
         served[rule["name"]["as"]] = rule
         assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+        # The query the adapter sends, its template filled in as the adapter does, must parse.
+        (series,) = names
+        query = rule["metricsQuery"].replace("<<.Series>>", series)
+        query = query.replace("<<.LabelMatchers>>", 'namespace="gemmserve",pod=~"gemmserve-.*"')
+        assert promql_metric_names(query.replace("<<.GroupBy>>", "pod")) == names
     hpa = _resources()["HorizontalPodAutoscaler"]["spec"]
     used = {m["pods"]["metric"]["name"] for m in hpa["metrics"] if m["type"] == "Pods"}
     assert used and used <= set(served)

@@ -4,6 +4,7 @@ import must come from those requirements, never from the dev extra."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
@@ -86,7 +87,8 @@ def reachable_third_party(entries: tuple[str, ...]) -> set[str]:
     return outside
 
 
-def runtime_distributions(extras: tuple[str, ...]) -> set[str]:
+@functools.cache
+def runtime_distributions(extras: tuple[str, ...]) -> frozenset[str]:
     """Distributions `pip install .[extras]` brings, followed through installed metadata."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     todo = [Requirement(r) for r in project["dependencies"]]
@@ -108,25 +110,39 @@ def runtime_distributions(extras: tuple[str, ...]) -> set[str]:
             wanted = requirement.extras or {""}
             if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in wanted):
                 todo.append(sub)
-    return found
+    return frozenset(found)
 
 
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+@functools.cache
+def _owners(module: str) -> frozenset[str]:
+    """The distributions that install a top-level module (normalized names)."""
+    distributions = _packages_distributions()
+    return frozenset(_normalize(d) for d in distributions.get(module, [module]))
+
+
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def gpu_only_modules(modules: set[str]) -> set[str]:
+    """Those of ``modules`` that only the gpu extra installs (CuPy and its siblings)."""
+    gpu_only = runtime_distributions(("gpu",)) - runtime_distributions(())
+    return {m for m in modules if _owners(m) & gpu_only}
+
+
 @pytest.mark.parametrize("variant,extras", [("cpu", ()), ("gpu", ("gpu",))])
 def test_served_code_imports_only_runtime_requirements(variant: str, extras: tuple) -> None:
-    distributions = importlib.metadata.packages_distributions()
     allowed = runtime_distributions(extras)
     entries = ENTRY_POINTS + tuple(e + ".__main__" for e in ENTRY_POINTS)
-    missing = {}
-    for module in reachable_third_party(entries):
-        owners = {_normalize(d) for d in distributions.get(module, [module])}
-        if not owners & allowed:
-            missing[module] = sorted(owners)
-    if variant == "cpu":  # the CPU image has no CuPy: the engine may import it on request only
-        missing.pop("cupy", None)
+    imported = reachable_third_party(entries)
+    if variant == "cpu":  # no CuPy in the CPU image: the engine imports it on request only
+        imported -= gpu_only_modules(imported)
+    missing = {m: sorted(_owners(m)) for m in imported if not _owners(m) & allowed}
     assert not missing, f"imported by the served code, not installed in the {variant} image"
 
 
@@ -142,8 +158,9 @@ def import_time_imports(node: ast.AST) -> Iterator[str]:
         yield from import_time_imports(child)
 
 
-def test_cupy_is_never_imported_at_import_time() -> None:
-    # The CPU image has no CuPy: an import-time `import cupy` anywhere would stop it starting.
+def test_gpu_packages_are_never_imported_at_import_time() -> None:
+    # The CPU image has no CuPy: an import-time `import cupy` (or cupyx) anywhere would stop it
+    # starting.
     for name, path in _modules().items():
-        imported = list(import_time_imports(ast.parse(path.read_text())))
-        assert not [m for m in imported if m.split(".")[0] == "cupy"], name
+        imported = {m.split(".")[0] for m in import_time_imports(ast.parse(path.read_text()))}
+        assert not gpu_only_modules(imported - set(PACKAGES)), name
