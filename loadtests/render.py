@@ -116,6 +116,24 @@ def finish(fig, axes, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_soak(samples: list, path: Path, title: str) -> None:
+    """RSS, queue depth and rolling p99 against time (the soak's ``Sample`` list)."""
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    t_s = [s.t_s for s in samples]
+    panels = {
+        "rss_mib": "server RSS, MiB",
+        "queue_depth": "gemmserve_queue_depth",
+        "p99_ms": "p99 (10 s window), ms",
+    }
+    for ax, (field, name) in zip(axes, panels.items()):
+        ax.plot(t_s, [getattr(s, field) for s in samples], color="C0", label=name)
+        ax.set_ylabel(name, fontsize=8)
+    axes[0].set_ylim(bottom=0)
+    axes[-1].set_xlabel("seconds since the load started")
+    fig.suptitle(title)
+    finish(fig, axes, path)
+
+
 def write_docs(points: list[Point], docs: Path, model: Path, command: str, point_s: float) -> None:
     """Write ``docs/LOADTEST.md`` and the three plots next to it."""
     docs.mkdir(parents=True, exist_ok=True)

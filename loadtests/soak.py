@@ -162,6 +162,7 @@ def soak(target: Target, args) -> int:
         return 1
     samples = with_latency(samples, rolling_p99(Path(f"{prefix}_stats_history.csv"), start))
     write_samples(samples, out / "soak.csv")
+    plot(samples, out / "soak.png", args.minutes)
     result = read_result(prefix, locust.returncode)
     problems = verdict(result, prefix)
     problems += [p for p in (memory_problem([s.rss_mib for s in samples], args.max_growth_mib),
@@ -175,6 +176,14 @@ def soak(target: Target, args) -> int:
     for problem in problems[:12]:
         print(f"  {problem}")
     return 1 if problems else 0
+
+
+def plot(samples: list[Sample], path: Path, minutes: float) -> None:
+    from loadtests.render import machine, plot_soak  # matplotlib only when plotting
+
+    info = machine()
+    title = f"Soak, {minutes:g} min ({info['cpu']}, {info['cores']} cores, {info['date']})"
+    plot_soak(samples, path, title)
 
 
 def summarize(samples: list[Sample], result, run_time_s: float, problems: list[str]) -> dict:
