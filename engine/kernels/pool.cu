@@ -16,7 +16,7 @@ extern "C" __global__ void pool_nhwc(
     const Nhwc o = split_nhwc(i, OH, OW, C);
     const float* xn = x + o.n * sn + o.c;
     const int h0 = o.h * stride_h - pad_t, w0 = o.w * stride_w - pad_l;
-    float acc = is_max ? -INFINITY : 0.0f;
+    float acc = is_max ? -__int_as_float(0x7f800000) : 0.0f;  // -inf (NVRTC has no INFINITY)
     int count_h = 0, count_w = 0;
     for (int r = 0; r < KH; ++r) {
       const int ih = h0 + r * dil_h;

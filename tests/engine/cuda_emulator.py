@@ -29,6 +29,7 @@ SIGNATURE = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
 
 PRELUDE = """
 #include <math.h>
+#include <string.h>
 #include <algorithm>
 using std::max;
 using std::min;
@@ -37,6 +38,7 @@ static EmuDim blockIdx, blockDim, threadIdx, gridDim;
 #define __global__
 #define __device__
 #define __forceinline__ inline
+static inline float __int_as_float(int bits) { float f; memcpy(&f, &bits, 4); return f; }
 """
 
 # C parameter type -> (ctypes type, NumPy scalar type the caller must pass)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import glob
 import re
 import shutil
 import subprocess
@@ -43,6 +46,44 @@ def test_compiles_for_sm90(source, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr.lower(), result.stderr
+
+
+def nvrtc_library() -> str | None:
+    """libnvrtc from the nvidia-cuda-nvrtc wheel, the system, or a CUDA toolkit; None if absent."""
+    try:
+        import nvidia.cuda_nvrtc
+
+        found = glob.glob(f"{nvidia.cuda_nvrtc.__path__[0]}/lib/libnvrtc.so*")
+    except ImportError:
+        found = []
+    found += [ctypes.util.find_library("nvrtc") or ""]
+    found += glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*")
+    return next((path for path in found if path and "builtins" not in path), None)
+
+
+def nvrtc_compile(library: str, source: str, name: str) -> tuple[int, str]:
+    """(status, log) of NVRTC compiling ``source`` for compute_90, as CuPy does at first launch."""
+    nvrtc = ctypes.CDLL(library)
+    program = ctypes.c_void_p()
+    nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(), 0, None, None)
+    options = (ctypes.c_char_p * 1)(b"--gpu-architecture=compute_90")
+    status = nvrtc.nvrtcCompileProgram(program, 1, options)
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetProgramLog(program, log)
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+    return status, log.value.decode(errors="replace")
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_compiles_with_nvrtc(source):
+    """NVRTC, CuPy's compiler, is stricter than nvcc: no host headers (e.g. no INFINITY)."""
+    library = nvrtc_library()
+    if library is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12 to run this here)")
+    status, log = nvrtc_compile(library, kernel_source(source), source)
+    assert status == 0, log
 
 
 def test_headers_compile_in_place(tmp_path):
