@@ -198,3 +198,16 @@ def test_tuner_never_picks_tf32_unless_allowed(cuda_backend, cifar_path):
     model = load_model(cifar_path, "cuda", (1, 8), autotune_mode="force", allow_tf32=False)
     algorithms = {layer["algorithm"] for layer in model.info()["layers"] if layer["algorithm"]}
     assert algorithms and not any("tf32" in name for name in algorithms), algorithms
+
+
+@pytest.mark.gpu
+def test_enum_values_match_cupys(cuda_backend):
+    from cupy_backends.cuda.libs import cublas
+
+    from engine.cuda import cublas as direct
+
+    assert direct.COMPUTE_TYPES == {"fp32": cublas.CUBLAS_COMPUTE_32F,
+                                    "tf32": cublas.CUBLAS_COMPUTE_32F_FAST_TF32,
+                                    "fp16": cublas.CUBLAS_COMPUTE_32F_FAST_16F}  # fmt: skip
+    assert (direct.OP_N, direct.OP_T) == (cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T)
+    assert direct.CUDA_R_32F == cuda_backend.xp.cuda.runtime.CUDA_R_32F
