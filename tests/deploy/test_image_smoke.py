@@ -208,11 +208,16 @@ def test_image_healthcheck_passes_against_the_server(image: Image) -> None:
     assert run_healthcheck(healthcheck_argv(), image.port) == 0
 
 
-def test_bundled_model_answers_a_prediction(image: Image) -> None:
+def test_bundled_model_answers_a_prediction_counted_under_its_route(image: Image) -> None:
     status, body = _post_png(image.url + "/predict")
     assert status == 200
     assert body["model"] == "digits" and len(body["results"]) == 1
     assert body["results"][0]["predictions"], body
+    # The alerts, the dashboard's default and the autoscaler's request rate select this label.
+    metrics = http_get(image.url + "/metrics")[1].decode()
+    assert 'gemmserve_request_duration_seconds_count{route="/predict",status="200"}' in metrics
+    for path in ("deploy/prometheus-rules.yml", "deploy/k8s/prometheus-adapter-values.yaml"):
+        assert 'route="/predict"' in (ROOT / path).read_text(), path
 
 
 def test_metrics_carry_every_name_the_dashboard_reads(image: Image) -> None:
