@@ -9,12 +9,18 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from service import SERVER_NAME, __version__
 from service.errors import ModelNotFound, UnsupportedMediaType
 from service.routes import runtime
+from service.routes.predict import ERRORS
 from service.runtime import Runtime
 from service.v2codec import encode_response, parse_request
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 Rt = Annotated[Runtime, Depends(runtime)]
 MODEL_VERSION = "1"
+NOT_SERVED = {
+    404: {"description": "no such model or version here"},
+    503: {"description": "model not loaded yet, or draining (Retry-After)"},
+}
+INFER_ERRORS = {**ERRORS, **NOT_SERVED}
 
 
 def served(rt: Runtime, name: str, version: str = MODEL_VERSION) -> Runtime:
@@ -45,8 +51,8 @@ async def ready(rt: Rt) -> dict:
     return {"ready": True}
 
 
-@router.get("/models/{name}")
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}", responses=NOT_SERVED)
+@router.get("/models/{name}/versions/{version}", responses=NOT_SERVED)
 async def model_metadata(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
     """Inputs and outputs of the served model (batch dimension -1)."""
     rt = served(rt, name, version)
@@ -64,16 +70,16 @@ async def model_metadata(name: str, rt: Rt, version: str = MODEL_VERSION) -> dic
     }
 
 
-@router.get("/models/{name}/ready")
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/ready", responses=NOT_SERVED)
+@router.get("/models/{name}/versions/{version}/ready", responses=NOT_SERVED)
 async def model_ready(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
     """200 when this model answers inference requests."""
     served(rt, name, version).lifecycle.check_ready()
     return {"name": name, "ready": True}
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post("/models/{name}/infer", responses=INFER_ERRORS)
+@router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS)
 async def infer(
     name: str,
     request: Request,
