@@ -2,7 +2,8 @@
 
 - images/s, host array in -> host array out, of the engine eager and with CUDA graphs, and of
   PyTorch with ``cudnn.benchmark = True`` eager and with CUDA graphs, on the same nets and
-  inputs, batch 1 to 256;
+  inputs, batch 1 to 256; and the engine over a run of batches with host/device copies
+  overlapped with compute (``StreamedRunner``);
 - the conv layers' TFLOP/s next to the card's own cuBLAS SGEMM rate measured in the same run;
 - the engine's error against PyTorch, and the error of TF32 and FP16 GEMMs against FP32.
 """
@@ -19,6 +20,7 @@ from engine.bench.nets import NETS
 from engine.bench.runners import conv_flops_per_image, median_seconds, profile, torch_forward
 
 CUDA_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STREAMED_BATCHES = 16
 CONV_CATEGORIES = ("gather", "GEMM + transforms", "epilogue")
 
 
@@ -133,6 +135,7 @@ def measure(path: Path, proto, batch: int, args, cache: str) -> dict:
         if reference is not None:
             row[f"{name} error"] = relative(run(x), reference)
         row[name] = batch / median_seconds(lambda run=run: run(x), args.min_time_s, 200)
+    row["engine streamed"] = streamed_images_per_s(graphs, x, args.min_time_s)
     conv_s = sum(profile(eager, x).get(c, 0.0) for c in CONV_CATEGORIES)
     row["conv TFLOP/s"] = conv_flops_per_image(eager) * batch / conv_s / 1e12
     if batch == args.batch_sizes[-1]:
@@ -140,19 +143,34 @@ def measure(path: Path, proto, batch: int, args, cache: str) -> dict:
     return row
 
 
+def streamed_images_per_s(model, x, min_time_s: float) -> float:
+    """Images/s over a run of STREAMED_BATCHES batches with copies overlapped with compute."""
+    from collections import deque
+
+    from engine.cuda.transfer import StreamedRunner
+
+    runner = StreamedRunner(model, model.backend.execute)
+    batches = [x] * STREAMED_BATCHES
+    seconds = median_seconds(lambda: deque(runner.map(batches), maxlen=0), min_time_s, 20)
+    return len(x) * STREAMED_BATCHES / seconds
+
+
+COLUMNS = ("net", "batch", "engine eager", "engine graphs", "graph gain", "engine streamed",
+           "PyTorch eager", "PyTorch graphs", "engine best / PyTorch best", "conv TFLOP/s",
+           "SGEMM TFLOP/s")  # fmt: skip
+
+
 def table(rows, sgemm: float) -> list[str]:
-    lines = ["| net | batch | engine eager | engine graphs | graph gain | PyTorch eager "
-             "| PyTorch graphs | engine best / PyTorch best | conv TFLOP/s | SGEMM TFLOP/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
     for net, r in rows:
-        ours = max(r["engine eager"], r["engine graphs"])
+        ours = max(r["engine eager"], r["engine graphs"], r["engine streamed"])
         theirs = max(r.get("PyTorch eager", math.nan), r.get("PyTorch graphs", math.nan))
-        lines.append(
-            f"| {net} | {r['batch']} | {r['engine eager']:.0f} | {r['engine graphs']:.0f} "
-            f"| {r['engine graphs'] / r['engine eager']:.2f}x "
-            f"| {r.get('PyTorch eager', math.nan):.0f} | {r.get('PyTorch graphs', math.nan):.0f} "
-            f"| {ours / theirs:.2f}x | {r['conv TFLOP/s']:.2f} | {sgemm:.1f} |"
-        )
+        cells = [net, str(r["batch"]), f"{r['engine eager']:.0f}", f"{r['engine graphs']:.0f}",
+                 f"{r['engine graphs'] / r['engine eager']:.2f}x", f"{r['engine streamed']:.0f}",
+                 f"{r.get('PyTorch eager', math.nan):.0f}",
+                 f"{r.get('PyTorch graphs', math.nan):.0f}", f"{ours / theirs:.2f}x",
+                 f"{r['conv TFLOP/s']:.2f}", f"{sgemm:.1f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
