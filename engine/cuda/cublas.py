@@ -76,7 +76,20 @@ def operand(array, rows: int, cols: int) -> Operand:
 
 
 class Cublas:
-    """The GEMM entry points of CuPy's libcublas, bound to CuPy's handle of the current device."""
+    """The GEMM entry points of CuPy's libcublas, bound to CuPy's handle of the current device.
+
+    Use ``Cublas.shared(cupy)``: the workspace given to CuPy's handle must outlive every user of
+    that handle, so there is one instance per device and thread for the life of the process.
+    """
+
+    _instances: dict[tuple, Cublas] = {}
+
+    @classmethod
+    def shared(cls, cupy) -> Cublas:
+        key = (cupy.cuda.Device().id, cupy.cuda.device.get_cublas_handle())
+        if key not in cls._instances:
+            cls._instances[key] = cls(cupy)
+        return cls._instances[key]
 
     def __init__(self, cupy):
         self.cupy = cupy

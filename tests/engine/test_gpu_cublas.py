@@ -129,7 +129,7 @@ def test_refuses_what_it_cannot_express():
 def test_direct_gemm_matches_float64(cuda_backend, case, math):
     cupy = cuda_backend.xp
     a, b = SHAPES[case](random(np.random.default_rng()))
-    got = Cublas(cupy).matmul(cupy.asarray(a), cupy.asarray(b), math=math)
+    got = Cublas.shared(cupy).matmul(cupy.asarray(a), cupy.asarray(b), math=math)
     expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
     error = np.linalg.norm(cupy.asnumpy(got) - expected) / np.linalg.norm(expected)
     assert error < (1e-6 if math == "fp32" else 5e-3)
@@ -144,7 +144,7 @@ def test_gemm_inside_a_captured_graph(cuda_backend):
     a, b = cupy.asarray(rng((64, 48))), cupy.asarray(rng((48, 32)))
     out = cupy.empty((64, 32), np.float32)
     stream = cupy.cuda.Stream(non_blocking=True)
-    with stream, direct_gemms_while_capturing(cupy, Cublas(cupy)):
+    with stream, direct_gemms_while_capturing(cupy, Cublas.shared(cupy)):
         stream.begin_capture()
         cupy.matmul(a, b, out=out)
         out += 1
