@@ -91,7 +91,7 @@ class CupyBackend(Backend):
 
         self.xp = import_cupy()
         self._kernels: dict[str, object] = {}
-        self._staging: dict[tuple, tuple] = {}  # destination -> (pinned buffer, copy event)
+        self._staging: dict[int, tuple] = {}  # destination address -> (pinned bytes, copy event)
         self.graphs = GraphRunner(self, enabled=cuda_graphs)
 
     def execute(self, plan) -> list:
@@ -115,18 +115,20 @@ class CupyBackend(Backend):
     def copy_to(self, dst, src_host: np.ndarray) -> None:
         """Host -> device through a pinned staging buffer kept per destination (a bucket's input
         buffer): the DMA reads page-locked memory directly, at full PCIe/NVLink speed."""
-        key = (dst.data.ptr, dst.shape, dst.dtype.str)
-        if key not in self._staging:
-            import cupyx
-
-            self._staging[key] = (cupyx.empty_pinned(dst.shape, dst.dtype), None)
-        staging, copied = self._staging[key]
+        # keyed by the destination's address: a bucket's input gets one buffer whatever the
+        # batch (staged[:n] for every n), grown only if a larger copy ever comes
+        buffer, copied = self._staging.get(dst.data.ptr, (None, None))
         if copied is not None:
             copied.synchronize()  # the previous copy from this buffer has been read
+        if buffer is None or buffer.nbytes < dst.nbytes:
+            import cupyx
+
+            buffer = cupyx.empty_pinned(dst.nbytes, np.uint8)
+        staging = buffer[: dst.nbytes].view(dst.dtype).reshape(dst.shape)
         np.copyto(staging, src_host, casting="same_kind")
         stream = self.xp.cuda.get_current_stream()
         dst.set(staging, stream=stream)  # asynchronous, ordered before the work queued next
-        self._staging[key] = (staging, stream.record())
+        self._staging[dst.data.ptr] = (buffer, stream.record())
 
     def memory(self) -> dict[str, int]:
         """Device and memory-pool bytes, for the service's device-memory gauges."""
