@@ -53,7 +53,7 @@ class Plan:
         self.inputs = {}
         for info in graph.inputs:
             value = self.values[info.name]
-            self.inputs[info.name] = backend.empty(shape_of(value), value.dtype)
+            self.inputs[info.name] = backend.zeros(shape_of(value), value.dtype)
         self._allocate()
 
     # planning -------------------------------------------------------------------------------
