@@ -48,7 +48,7 @@ class StreamedRunner:
         self.copy_stream = self.cupy.cuda.Stream(non_blocking=True)
         self.compute_stream = self.cupy.cuda.Stream(non_blocking=True)
         self.slots: dict[int, list[Slot]] = {}
-        self.count = 0
+        self.launched: dict[int, int] = {}  # batches launched per bucket
 
     def slot(self, bucket: int) -> Slot:
         if bucket not in self.slots:
@@ -59,8 +59,8 @@ class StreamedRunner:
                      pinned_empty(self.cupy, shape_out))
                 for _ in range(self.SLOTS_PER_BUCKET)
             ]  # fmt: skip
-        self.count += 1
-        return self.slots[bucket][self.count % self.SLOTS_PER_BUCKET]
+        self.launched[bucket] = self.launched.get(bucket, 0) + 1
+        return self.slots[bucket][self.launched[bucket] % self.SLOTS_PER_BUCKET]
 
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Yield the model's output for each batch (at most the largest bucket), in order."""
