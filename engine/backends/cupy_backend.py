@@ -140,7 +140,9 @@ class CupyBackend(Backend):
         self.xp.cuda.get_current_stream().synchronize()
 
     def is_out_of_memory(self, error: BaseException) -> bool:
-        return isinstance(error, self.xp.cuda.memory.OutOfMemoryError | MemoryError)
+        from engine.cuda.memory import is_out_of_memory
+
+        return is_out_of_memory(self.xp, error)
 
     # kernels -----------------------------------------------------------------------------
     def im2col(self, x, cols, spec, padded) -> None:

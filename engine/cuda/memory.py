@@ -18,13 +18,17 @@ def device_memory(cupy) -> dict[str, int]:
     }
 
 
+def is_out_of_memory(cupy, error: BaseException) -> bool:
+    """A CUDA allocation failure: CuPy's device pool, or the runtime (e.g. pinned host memory)."""
+    if isinstance(error, cupy.cuda.memory.OutOfMemoryError | MemoryError):
+        return True
+    runtime = getattr(cupy.cuda.runtime, "CUDARuntimeError", None)
+    return runtime is not None and isinstance(error, runtime) and (
+        "cudaErrorMemoryAllocation" in str(error)
+    )  # fmt: skip
+
+
 def as_engine_error(cupy, error: BaseException, what: str) -> BaseException:
     """``error`` as the engine's recoverable OutOfMemoryError when it is a CUDA allocation
-    failure (device pool or pinned host memory), else ``error`` itself."""
-    out_of_memory = (cupy.cuda.memory.OutOfMemoryError, MemoryError)
-    runtime = getattr(cupy.cuda.runtime, "CUDARuntimeError", ())
-    if isinstance(error, out_of_memory) or (
-        isinstance(error, runtime) and "cudaErrorMemoryAllocation" in str(error)
-    ):
-        return OutOfMemoryError(f"{what}: {error}")
-    return error
+    failure, else ``error`` itself."""
+    return OutOfMemoryError(f"{what}: {error}") if is_out_of_memory(cupy, error) else error
