@@ -27,10 +27,10 @@ from engine.bench.nets import NETS
 from engine.bench.runners import (
     conv_flops_per_image,
     cores,
-    gemm_gflops,
-    median_seconds,
+    interleaved_medians,
     onnxruntime_session,
     profile,
+    square_gemm,
     torch_eager,
 )
 
@@ -85,15 +85,17 @@ def measure_batch(path: Path, model_proto, batch: int, args, cache: str) -> dict
                "onnxruntime": onnxruntime_session(model_proto.SerializeToString()),
                "PyTorch eager": torch_eager(model_proto)}  # fmt: skip
     row = {"batch": batch, "tuning_s": tuned.tuner.stats.tuning_seconds, "model": tuned}
-    reference = runners["onnxruntime"](x) if runners["onnxruntime"] else None
+    runners = {name: run for name, run in runners.items() if run is not None}
+    reference = runners["onnxruntime"](x) if "onnxruntime" in runners else None
     for name, run in runners.items():
-        if run is None:
-            continue
         if reference is not None:
             y = run(x)
             row[f"{name} error"] = float(np.linalg.norm(y - reference) / np.linalg.norm(reference))
-        seconds = median_seconds(lambda run=run: run(x), args.min_time_s, 50)
+    calls = {name: (lambda run=run: run(x)) for name, run in runners.items()}
+    calls["GEMM"], gemm_flops = square_gemm(1024 if args.quick else 2048)
+    for name, seconds in interleaved_medians(calls, args.min_time_s, 50).items():
         row[name] = batch / seconds
+    row["GEMM GFLOP/s"] = gemm_flops * row.pop("GEMM") / batch / 1e9
     row["profile tuned"] = profile(tuned, x)
     row["profile untuned"] = profile(plain, x)
     conv_s = sum(row["profile tuned"].get(c, 0) for c in CONV_CATEGORIES)
@@ -101,7 +103,7 @@ def measure_batch(path: Path, model_proto, batch: int, args, cache: str) -> dict
     return row
 
 
-def throughput_table(rows: list[tuple[str, dict]], gemm_rate: float) -> list[str]:
+def throughput_table(rows: list[tuple[str, dict]]) -> list[str]:
     lines = [
         "| net | batch | engine tuned | engine untuned | tuning gain | onnxruntime | PyTorch eager "
         "| tuned / ORT | conv GFLOP/s (tuned) | GEMM GFLOP/s | tuning s |",
@@ -112,7 +114,7 @@ def throughput_table(rows: list[tuple[str, dict]], gemm_rate: float) -> list[str
         lines.append(
             f"| {net} | {r['batch']} | {r['engine tuned']:.0f} | {r['engine untuned']:.0f} "
             f"| {r['engine tuned'] / r['engine untuned']:.2f}x | {ort:.0f} | {torch:.0f} "
-            f"| {r['engine tuned'] / ort:.2f}x | {r['conv GFLOP/s']:.0f} | {gemm_rate:.0f} "
+            f"| {r['engine tuned'] / ort:.2f}x | {r['conv GFLOP/s']:.0f} | {r['GEMM GFLOP/s']:.0f} "
             f"| {r['tuning_s']:.1f} |"
         )
     return lines
@@ -142,7 +144,6 @@ def main(argv=None) -> int:
 
         return cuda_main(args, workdir, cache)
     load_start = os.getloadavg()[0]
-    gemm_rate = gemm_gflops(2048 if not args.quick else 1024, args.min_time_s)
     rows, reports = [], []
     for net in args.nets:
         proto = NETS[net][0]()
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
                   flush=True)  # fmt: skip
             reports += [f"{net}:"] + autotune_report(row.pop("model"))
     print(f"\nLoad average (1 min) at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}")
-    print("\n## Images/s\n\n" + "\n".join(throughput_table(rows, gemm_rate)))
+    print("\n## Images/s\n\n" + "\n".join(throughput_table(rows)))
     print("\n## Where the engine's time goes (ms per batch)\n\n" + "\n".join(profile_table(rows)))
     print("\n## Autotuned conv layers (candidates' ms, speed-up over im2col_gemm)\n")
     print("```\n" + "\n".join(reports) + "\n```")

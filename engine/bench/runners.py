@@ -16,26 +16,30 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def median_seconds(fn, min_time_s: float, max_runs: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` after ``warmup`` calls, over at least 3 runs, until
-    ``min_time_s`` has passed or ``max_runs`` were made."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < min_time_s and len(times) < max_runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(fns: dict, min_time_s: float, max_rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in rounds (one call of each per round)
+    so that load from other processes falls on all of them alike; after two warm-up rounds,
+    at least three rounds, then until ``min_time_s`` per function or ``max_rounds``."""
+    for _ in range(2):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(max_rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+        if round_index >= 2 and all(sum(t) >= min_time_s for t in times.values()):
+            break
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def gemm_gflops(n: int, min_time_s: float) -> float:
-    """This machine's float32 GEMM rate through NumPy's BLAS on an n x n x n product."""
+def square_gemm(n: int):
+    """A call of NumPy's float32 GEMM on n x n matrices, and its FLOP count."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     out = np.empty((n, n), np.float32)
-    seconds = median_seconds(lambda: np.matmul(a, b, out=out), min_time_s, 20)
-    return 2 * n**3 / seconds / 1e9
+    return (lambda: np.matmul(a, b, out=out)), 2 * n**3
 
 
 def onnxruntime_session(model_bytes: bytes):
