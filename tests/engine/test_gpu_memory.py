@@ -24,8 +24,9 @@ CUPY = SimpleNamespace(cuda=SimpleNamespace(
 
 
 def test_allocation_failures_are_recoverable_out_of_memory():
-    for error in (PoolOutOfMemory("out of memory allocating 1,073,741,824 bytes"),
-                  MemoryError(), CudaRuntimeError("cudaErrorMemoryAllocation: out of memory")):  # fmt: skip
+    pool = PoolOutOfMemory("out of memory allocating 1,073,741,824 bytes")
+    runtime = CudaRuntimeError("cudaErrorMemoryAllocation: out of memory")
+    for error in (pool, MemoryError(), runtime):
         mapped = as_engine_error(CUPY, error, "batch 64")
         assert isinstance(mapped, OutOfMemoryError) and mapped.recoverable
         assert "batch 64" in str(mapped)
