@@ -10,6 +10,7 @@ import binascii
 import io
 import json
 import math
+import tokenize
 import warnings
 from dataclasses import dataclass
 
@@ -91,6 +92,8 @@ def open_image(data: bytes, limits: Limits) -> Image.Image:
         raise InvalidImage("not a recognizable image") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise PayloadTooLarge("image has too many pixels") from None
+    except (OSError, ValueError, EOFError) as exc:  # a plugin that chokes on a corrupt header
+        raise InvalidImage(f"cannot open image: {type(exc).__name__}") from None
     width, height = image.size
     if width * height > limits.max_image_pixels:
         raise PayloadTooLarge(
@@ -198,7 +201,7 @@ def read_npy(data: bytes) -> np.ndarray:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+    except (ValueError, SyntaxError, TypeError, EOFError, tokenize.TokenError) as exc:
         raise MalformedRequest(f"bad .npy header: {exc}") from None
     if dtype.hasobject or dtype.fields is not None or dtype.kind != "f" or dtype.itemsize != 4:
         raise UnprocessableInput(f".npy dtype {dtype} is not accepted (float32 only)")
