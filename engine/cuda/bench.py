@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.bench.nets import NETS
-from engine.bench.runners import conv_flops_per_image, median_seconds, profile, torch_forward
+from engine.bench.runners import conv_flops_per_image, interleaved_medians, profile, torch_forward
 
 CUDA_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STREAMED_BATCHES = 16
@@ -127,15 +127,18 @@ def measure(path: Path, proto, batch: int, args, cache: str) -> dict:
     runners = {"engine eager": eager, "engine graphs": graphs,
                "PyTorch eager": torch_cuda(proto, graphs=False),
                "PyTorch graphs": torch_cuda(proto, graphs=True)}  # fmt: skip
-    row = {"batch": batch, "graphs": graphs.backend.graphs.info()}
-    reference = runners["PyTorch eager"](x) if runners["PyTorch eager"] else None
+    runners = {name: run for name, run in runners.items() if run is not None}
+    row = {"batch": batch}
+    reference = runners["PyTorch eager"](x) if "PyTorch eager" in runners else None
     for name, run in runners.items():
-        if run is None:
-            continue
         if reference is not None:
             row[f"{name} error"] = relative(run(x), reference)
-        row[name] = batch / median_seconds(lambda run=run: run(x), args.min_time_s, 200)
-    row["engine streamed"] = streamed_images_per_s(graphs, x, args.min_time_s)
+    calls = {name: (lambda run=run: run(x)) for name, run in runners.items()}
+    calls["engine streamed"] = streamed_calls(graphs, x)
+    seconds = interleaved_medians(calls, args.min_time_s, 200)
+    for name, s in seconds.items():
+        row[name] = batch * (STREAMED_BATCHES if name == "engine streamed" else 1) / s
+    row["graphs"] = graphs.backend.graphs.info()
     conv_s = sum(profile(eager, x).get(c, 0.0) for c in CONV_CATEGORIES)
     row["conv TFLOP/s"] = conv_flops_per_image(eager) * batch / conv_s / 1e12
     if batch == args.batch_sizes[-1]:
@@ -143,16 +146,15 @@ def measure(path: Path, proto, batch: int, args, cache: str) -> dict:
     return row
 
 
-def streamed_images_per_s(model, x, min_time_s: float) -> float:
-    """Images/s over a run of STREAMED_BATCHES batches with copies overlapped with compute."""
+def streamed_calls(model, x):
+    """One call runs STREAMED_BATCHES batches with copies overlapped with compute."""
     from collections import deque
 
     from engine.cuda.transfer import StreamedRunner
 
     runner = StreamedRunner(model, model.backend.execute)
     batches = [x] * STREAMED_BATCHES
-    seconds = median_seconds(lambda: deque(runner.map(batches), maxlen=0), min_time_s, 20)
-    return len(x) * STREAMED_BATCHES / seconds
+    return lambda: deque(runner.map(batches), maxlen=0)
 
 
 COLUMNS = ("net", "batch", "engine eager", "engine graphs", "graph gain", "engine streamed",
