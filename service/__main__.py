@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.config import Settings
+from service.http_protocol import HeadTimeoutProtocol
 from service.lifecycle import State
 from service.runtime import ModelFactory
 from service.server import DrainingServer
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None, model_factory: ModelFactory | None = Non
         server_header=False,
         limit_concurrency=settings.max_concurrency,
         timeout_keep_alive=int(max(1, settings.keep_alive_s)),
+        http=HeadTimeoutProtocol,  # a request head must also arrive within keep_alive_s
         # The drain phase takes most of the grace period; uvicorn's own shutdown the rest.
         timeout_graceful_shutdown=max(1, round(settings.graceful_shutdown_s * 0.2)),
     )

@@ -66,13 +66,16 @@ def read_response(sock: socket.socket) -> bytes:
 
 
 def closed_by_server(sock: socket.socket) -> bool:
-    """True when the server has closed the connection (reads see EOF or a reset)."""
+    """True when the server closes the connection before the socket's timeout (any bytes it
+    sends first, such as an error response, are read and dropped)."""
     try:
-        return sock.recv(1) == b""
+        while sock.recv(65536):
+            pass
     except ConnectionResetError:
         return True
     except TimeoutError:
         return False
+    return True
 
 
 def exchange(port: int, request: bytes, half_close: bool = False, timeout_s: float = 10.0) -> bytes:
