@@ -38,7 +38,7 @@ from loadtests.payloads import (
 )
 
 SEED = int(os.environ.get("LOADTEST_SEED", "0"))
-STATE: dict = {}  # filled once per Locust process at test start
+STATE: dict = {}  # per Locust process: PNGs at start-up, model shape and bad inputs at test start
 
 
 @events.init_command_line_parser.add_listener

@@ -134,16 +134,16 @@ def plot_soak(samples: list, path: Path, title: str) -> None:
     finish(fig, axes, path)
 
 
-def write_docs(points: list[Point], docs: Path, model: Path, command: str, point_s: float) -> None:
-    """Write ``docs/LOADTEST.md`` and the three plots next to it."""
+def write_docs(points: list[Point], docs: Path, meta: dict) -> None:
+    """Write ``docs/LOADTEST.md`` and the three plots next to it (``meta``: machine, date,
+    command, model and seconds per point, as recorded when the points were measured)."""
     docs.mkdir(parents=True, exist_ok=True)
-    info = machine()
-    where = f"{info['cpu']}, {info['cores']} cores"
+    where = f"{meta['cpu']}, {meta['cores']} cores"
     plot_throughput(
         points, docs / PLOTS["throughput"], f"Throughput, single-PNG requests ({where})"
     )
     plot_latency(points, docs / PLOTS["latency"], f"Latency, single-PNG requests ({where})")
     if any(p.mode == "open" for p in points):
         plot_open(points, docs / PLOTS["open"], f"Open loop: p99 against arrival rate ({where})")
-    text = document(points, info, model, command, point_s)
+    text = document(points, meta)
     (docs / "LOADTEST.md").write_text(text)

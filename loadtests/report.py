@@ -10,7 +10,9 @@ with ``--docs DIR``, ``DIR/LOADTEST.md`` and its PNG plots.
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,6 +49,7 @@ class Point:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    load_1m: float = math.nan  # machine load average as the point started (others included)
 
 
 def measure(target: Target, mbs: int, loads: list[Load], point_s: float, out: Path) -> list[Point]:
@@ -65,15 +68,16 @@ def measure(target: Target, mbs: int, loads: list[Load], point_s: float, out: Pa
                 burst_period_s=BURST_PERIOD_S,
                 reset_stats=True,
             )
-            point = as_point(run_locust(plan, out / "locust.log"), mbs, load)
+            load_1m = os.getloadavg()[0]
+            point = as_point(run_locust(plan, out / "locust.log"), mbs, load, load_1m)
             print(progress(point), flush=True)
             points.append(point)
     return points
 
 
-def as_point(result: LocustResult, max_batch_size: int, load: Load) -> Point:
+def as_point(result: LocustResult, max_batch_size: int, load: Load, load_1m: float) -> Point:
     figures = {k: v for k, v in asdict(result).items() if k != "exit_code"}
-    return Point(max_batch_size=max_batch_size, **asdict(load), **figures)
+    return Point(max_batch_size=max_batch_size, **asdict(load), **figures, load_1m=load_1m)
 
 
 def progress(p: Point) -> str:
@@ -129,20 +133,25 @@ def read_points(path: Path) -> list[Point]:
 
 def report(target: Target, args) -> int:
     """Measure (or re-read ``--from-csv``), write ``points.csv``, and the docs when asked."""
-    from loadtests.render import write_docs  # matplotlib only for this command
+    from loadtests.render import machine, write_docs  # matplotlib only for this command
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_csv:
         points = read_points(args.from_csv)
+        meta = json.loads((args.from_csv.parent / "meta.json").read_text())
     else:
         try:
             points = sweep(target, args)
         except ServiceError as exc:
             print(f"FAIL: {exc}")
             return 1
+        # Where, when and how it was measured, kept with the points for a later re-render.
+        meta = {**machine(), "command": args.command_line, "model": str(target.model),
+                "device": target.device, "point_s": args.point_s}  # fmt: skip
         write_points(points, args.out / "points.csv")
+        (args.out / "meta.json").write_text(json.dumps(meta, indent=2))
         print(f"points: {args.out / 'points.csv'}")
     if args.docs:
-        write_docs(points, args.docs, target.model, args.command_line, args.point_s)
+        write_docs(points, args.docs, meta)
         print(f"report: {args.docs / 'LOADTEST.md'}")
     return 0

@@ -45,8 +45,8 @@ def closed_table(points: list[Point], field: str, digits: int = 0) -> list[str]:
 def open_table(points: list[Point]) -> list[str]:
     lines = [
         "| max_batch_size | arrivals | offered req/s | served req/s | p50 ms | p95 ms | p99 ms "
-        "| failures |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| failures | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in sorted(
         (p for p in points if p.mode == "open"),
@@ -55,7 +55,7 @@ def open_table(points: list[Point]) -> list[str]:
         lines.append(
             f"| {p.max_batch_size} | {arrivals(p.burst_factor)} | {p.arrival_rate:.1f} "
             f"| {p.rps:.1f} | {cell(p.p50_ms)} | {cell(p.p95_ms)} | {cell(p.p99_ms)} "
-            f"| {p.failures} |"
+            f"| {p.failures} | {cell(p.load_1m, 1)} |"
         )
     return lines
 
@@ -83,8 +83,9 @@ def findings(points: list[Point]) -> list[str]:
     unbatched = [p for p in closed if p.max_batch_size == 1]
     if unbatched and best.max_batch_size != 1:
         top = max(unbatched, key=lambda p: p.rps)
+        users = f"{top.users} user" + ("s" if top.users != 1 else "")
         lines.append(f"- Without batching (max_batch_size 1): at most {top.rps:.0f} req/s "
-                     f"({top.users} users), {best.rps / top.rps:.2f}x less.")  # fmt: skip
+                     f"({users}), {best.rps / top.rps:.2f}x less.")  # fmt: skip
     most = max(p.users for p in closed)
     tail = sorted((p for p in closed if p.users == most), key=lambda p: p.max_batch_size)
     lines.append(f"- At {most} users, p99 by max_batch_size: " + ", ".join(
@@ -94,13 +95,14 @@ def findings(points: list[Point]) -> list[str]:
     return lines
 
 
-def document(points: list[Point], info: dict, model: Path, command: str, point_s: float) -> str:
-    """The whole of ``LOADTEST.md``."""
+def document(points: list[Point], info: dict) -> str:
+    """The whole of ``LOADTEST.md`` (``info``: the measurement's machine and settings)."""
+    command, model, point_s = info["command"], Path(info["model"]), info["point_s"]
     closed_n = sum(p.mode == "closed" for p in points)
     out = [HOW_TO, "## Results", ""]
     out += [
         f"Measured {info['date']} on **{info['cpu']}, {info['cores']} cores**, {info['memory']}, "
-        f"{info['os']}, Python {info['python']}; CPU only (`--device cpu`); "
+        f"{info['os']}, Python {info['python']}; service `--device {info['device']}`; "
         f"{info['load']} at the end (the sweep's own Locust and service included). "
         f"Model {model_text(model)}. "
         f"Locust and the service share these cores, so the load generator takes CPU the service "
@@ -117,8 +119,13 @@ def document(points: list[Point], info: dict, model: Path, command: str, point_s
     for field, title in (("rps", "Throughput, requests/s"), ("p50_ms", "p50 latency, ms"),
                          ("p95_ms", "p95 latency, ms"), ("p99_ms", "p99 latency, ms")):  # fmt: skip
         out += [f"### {title} (closed loop, single-PNG requests)", "",
-                *closed_table(points, field, 1 if field == "rps" else 0), ""]  # fmt: skip
+                *closed_table(points, field, 0 if field.endswith("_ms") else 1), ""]  # fmt: skip
     out += [f"![throughput]({PLOTS['throughput']})", "", f"![latency]({PLOTS['latency']})", ""]
+    out += ["### Machine load average (1 min) as each point started", "",
+            f"Other processes included. With {info['cores']} cores, a value well above "
+            f"{info['cores']} means the service and Locust shared the CPU with other work during "
+            "that point: its figures are pessimistic and noisy.", "",
+            *closed_table(points, "load_1m", 1), ""]  # fmt: skip
     if any(p.mode == "open" for p in points):
         out += [
             "### Open loop (Poisson and bursty arrivals)", "",

@@ -13,11 +13,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def closed(mbs: int, users: int, rps: float, p99: float, failures: int = 0) -> Point:
-    return Point("closed", mbs, users, math.nan, 1.0, 100, failures, rps, p99 / 3, p99 / 2, p99)
+    latency = (p99 / 3, p99 / 2, p99)
+    return Point("closed", mbs, users, math.nan, 1.0, 100, failures, rps, *latency, 1.5)
 
 
 def opened(mbs: int, rate: float, burst: float, p99: float) -> Point:
-    return Point("open", mbs, 1, rate, burst, 100, 0, rate, p99 / 3, p99 / 2, p99)
+    return Point("open", mbs, 1, rate, burst, 100, 0, rate, p99 / 3, p99 / 2, p99, 2.5)
 
 
 POINTS = [
@@ -41,7 +42,7 @@ def test_open_table_lists_each_open_point():
     lines = open_table(POINTS)
     assert len(lines) == 2 + 2
     assert "| 1 | Poisson | 126.0 |" in lines[2]
-    assert "| 32 | bursts x4 | 126.0 |" in lines[3]
+    assert "| 32 | bursts x4 | 126.0 |" in lines[3] and lines[3].endswith("| 2.5 |")
 
 
 def test_findings_are_computed_from_the_points():
@@ -60,9 +61,10 @@ def test_points_survive_a_csv_round_trip(tmp_path):
 
 
 def test_write_docs_names_the_machine_and_writes_three_plots(tmp_path):
-    write_docs(POINTS, tmp_path, DEFAULT_MODEL, "python -m loadtests report", 5.0)
-    text = (tmp_path / "LOADTEST.md").read_text()
     info = machine()
+    meta = {**info, "command": "python -m loadtests report", "model": str(DEFAULT_MODEL)}
+    write_docs(POINTS, tmp_path, {**meta, "device": "cpu", "point_s": 5.0})
+    text = (tmp_path / "LOADTEST.md").read_text()
     assert f"{info['cpu']}, {info['cores']} cores" in text
     assert "`models/digits`" in text
     for name in ("loadtest_throughput.png", "loadtest_latency.png", "loadtest_open_loop.png"):
