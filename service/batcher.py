@@ -51,6 +51,23 @@ class Observer(Protocol):
     def on_split(self, reason: str) -> None: ...
 
 
+def choose_batch_size(
+    queued: int,
+    max_batch_size: int,
+    cost_s: Callable[[int], float] | None,
+    slack_s: float = float("inf"),
+) -> int:
+    """How many queued images to run now: all that fit, but no more than can finish before the
+    oldest request's deadline (``slack_s`` from now) by the measured batch costs, so a full batch
+    never makes the request that waited longest miss it."""
+    size = min(queued, max_batch_size)
+    if cost_s is None:
+        return size
+    while size > 1 and cost_s(size) > slack_s:
+        size -= 1
+    return size
+
+
 class NullObserver:
     """Discards every stat."""
 
@@ -123,6 +140,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._running = 0
+        self._cost_s: Callable[[int], float] | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -134,6 +152,11 @@ class Batcher:
     def running(self) -> int:
         """Images in the batch the engine is running now."""
         return self._running
+
+    def set_cost_model(self, cost_s: Callable[[int], float]) -> None:
+        """Estimated seconds to run a batch of n images (from measured bucket times). Call from
+        ``setup``; with it, batch sizes are chosen by ``choose_batch_size``."""
+        self._cost_s = cost_s
 
     def start(self) -> asyncio.Future:
         """Start the engine thread; the future resolves with ``setup()``'s result (or its error)."""
@@ -215,7 +238,8 @@ class Batcher:
                 self._cond.wait()
             if not waited and self._max_delay_s > 0:
                 self._gather_more()
-            count = min(len(self._queue), self.max_batch_size)
+            slack_s = self._queue[0].deadline - time.monotonic()
+            count = choose_batch_size(len(self._queue), self.max_batch_size, self._cost_s, slack_s)
             taken = [self._queue.popleft() for _ in range(count)]
             self._running = count
         return taken

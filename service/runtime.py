@@ -56,6 +56,18 @@ def self_test(model: Any) -> None:
         raise RuntimeError("self-test: batch of 2 and batch of 1 disagree")
 
 
+def bucket_seconds(*warmups: list[dict]) -> dict[int, float]:
+    """Seconds per batch bucket: the best of the engine's warm-up runs (the first may include
+    tuning). Empty when the engine reports no per-bucket times."""
+    best: dict[int, float] = {}
+    for stats in warmups:
+        for entry in stats or ():
+            if isinstance(entry, dict) and "bucket" in entry and "seconds" in entry:
+                bucket, seconds = int(entry["bucket"]), float(entry["seconds"])
+                best[bucket] = min(seconds, best.get(bucket, seconds))
+    return best
+
+
 def limits_of(settings: Settings) -> Limits:
     return Limits(
         max_image_pixels=settings.max_image_pixels,
@@ -90,6 +102,7 @@ class Runtime:
         self.decoder: Decoder | None = None
         self.batcher: Batcher | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self.bucket_seconds: dict[int, float] = {}
         self._startup: asyncio.Task | None = None
 
     # ---- start and stop --------------------------------------------------------------------
@@ -99,8 +112,11 @@ class Runtime:
         started = time.monotonic()
         model = self.model_factory(self.settings)
         spec = load_spec(self.settings.model, tuple(model.input_shape))
-        model.warmup()
+        # Twice: the first run tunes and plans, the second times each bucket for the batcher.
+        self.bucket_seconds = bucket_seconds(model.warmup(), model.warmup())
         self_test(model)
+        if set(self.bucket_seconds) >= set(model.batch_sizes):
+            self.batcher.set_cost_model(lambda n: self.bucket_seconds[model.bucket_for(n)])
         self.metrics.set_autotune(dict(model.info().get("autotune") or {}))
         self.model, self.spec = model, spec
         self.decoder = Decoder(spec, tuple(model.input_shape), limits_of(self.settings))

@@ -48,5 +48,6 @@ async def model_info(rt: Rt) -> dict:
         },
         output_kind=spec.output,
         service=rt.settings.public(),
+        bucket_seconds=rt.bucket_seconds,
     )
     return jsonable_encoder(info)

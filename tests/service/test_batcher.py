@@ -1,0 +1,112 @@
+"""The batcher alone (no HTTP): batch-size policy, split-and-retry, exactly one answer each."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from engine.errors import OutOfMemoryError
+from service.batcher import Batcher, BatchStats, choose_batch_size
+from service.errors import DeadlineExceeded, InferenceFailed, QueueFullError
+
+
+def test_policy_without_costs_takes_everything_up_to_the_maximum():
+    assert choose_batch_size(5, 32, None) == 5
+    assert choose_batch_size(50, 32, None) == 32
+
+
+def test_policy_takes_everything_while_the_deadline_allows():
+    assert choose_batch_size(32, 32, lambda n: 0.001 * n, slack_s=1.0) == 32
+    assert choose_batch_size(40, 32, lambda n: 0.001 * n, slack_s=1.0) == 32
+
+
+def test_policy_never_plans_past_the_oldest_deadline():
+    assert choose_batch_size(32, 32, lambda n: 0.01 * n, slack_s=0.05) == 5
+    assert choose_batch_size(32, 32, lambda n: 0.01 * n, slack_s=0.001) == 1
+
+
+class Recorder:
+    def __init__(self):
+        self.batches: list[BatchStats] = []
+        self.rejects: dict[str, int] = {}
+        self.splits: list[str] = []
+
+    def on_batch(self, stats):
+        self.batches.append(stats)
+
+    def on_reject(self, reason, count):
+        self.rejects[reason] = self.rejects.get(reason, 0) + count
+
+    def on_split(self, reason):
+        self.splits.append(reason)
+
+
+def flaky_model(x: np.ndarray) -> np.ndarray:
+    """Doubles its input; fails the whole batch if any image starts with a negative number, and
+    reports out-of-memory above 6 images."""
+    time.sleep(0.002)
+    if len(x) > 6:
+        raise OutOfMemoryError(f"batch {len(x)}")
+    if (x[:, 0] < 0).any():
+        raise RuntimeError("bad image")
+    return x * 2
+
+
+async def _serve(values: list[float], max_queue: int = 1000):
+    recorder = Recorder()
+    batcher = Batcher(
+        lambda: flaky_model, max_batch_size=16, max_queue=max_queue, observer=recorder
+    )
+    await batcher.start()
+    deadline = time.monotonic() + 10
+    tasks = [batcher.infer(np.array([[v, 1.0]], np.float32), deadline) for v in values]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    batcher.close(5)
+    return results, recorder
+
+
+def test_every_request_answered_once_and_only_culprits_fail():
+    rng = np.random.default_rng(7)
+    values = rng.uniform(-0.3, 1.0, 200).round(3).tolist()
+    results, recorder = asyncio.run(_serve(values))
+    for value, result in zip(values, results, strict=True):
+        if value < 0:
+            assert isinstance(result, InferenceFailed)
+        else:
+            np.testing.assert_array_equal(result, np.array([[value, 1.0]], np.float32) * 2)
+    assert sum(b.size for b in recorder.batches) == sum(v >= 0 for v in values)
+    assert "oom" in recorder.splits and "error" in recorder.splits
+    assert max(b.size for b in recorder.batches) <= 6
+
+
+def test_full_queue_refuses_at_once():
+    async def scenario():
+        release = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def slow(x):
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+            return x
+
+        batcher = Batcher(lambda: slow, max_batch_size=2, max_queue=3)
+        await batcher.start()
+        deadline = time.monotonic() + 10
+        first = asyncio.ensure_future(batcher.infer(np.ones((1, 1), np.float32), deadline))
+        await asyncio.sleep(0.05)  # the engine holds the first one
+        queued = asyncio.ensure_future(batcher.infer(np.ones((3, 1), np.float32), deadline))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await batcher.infer(np.ones((1, 1), np.float32), deadline)
+        release.set()
+        assert (await first).shape == (1, 1) and (await queued).shape == (3, 1)
+        expired = await asyncio.gather(
+            batcher.infer(np.ones((1, 1), np.float32), time.monotonic() - 1),
+            return_exceptions=True,
+        )
+        batcher.close(5)
+        return expired[0]
+
+    assert isinstance(asyncio.run(scenario()), DeadlineExceeded)
