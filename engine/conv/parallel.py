@@ -10,9 +10,9 @@ GIL, so the threads overlap. CPU only: CuPy work is already parallel on the devi
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
@@ -37,18 +37,31 @@ def blas_libraries() -> tuple:
     return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
 
 
-@contextlib.contextmanager
-def single_threaded_blas():
-    """BLAS calls inside the block run on the calling thread only (a process-wide setting)."""
-    libraries = blas_libraries()
-    previous = [lib.get_num_threads() for lib in libraries]
-    for lib in libraries:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib, threads in zip(libraries, previous):
-            lib.set_num_threads(threads)
+class _SingleThreadedBlas:
+    """BLAS calls run on the calling thread only while any caller is inside (a process-wide
+    setting): the first to enter saves the thread counts, the last to leave restores them, so
+    concurrent callers (two models in one process) cannot leave BLAS single-threaded."""
+
+    def __init__(self):
+        self.lock, self.inside, self.saved = threading.Lock(), 0, []
+
+    def __enter__(self):
+        with self.lock:
+            if self.inside == 0:
+                self.saved = [(lib, lib.get_num_threads()) for lib in blas_libraries()]
+                for lib, _ in self.saved:
+                    lib.set_num_threads(1)
+            self.inside += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.inside -= 1
+            if self.inside == 0:
+                for lib, threads in self.saved:
+                    lib.set_num_threads(threads)
+
+
+single_threaded_blas = _SingleThreadedBlas()
 
 
 @functools.cache
@@ -58,7 +71,7 @@ def worker_pool() -> ThreadPoolExecutor:
 
 def run_in_threads(fn, calls: list[tuple]) -> None:
     """``fn(*call)`` for every call at once, the first on this thread, BLAS single-threaded."""
-    with single_threaded_blas():
+    with single_threaded_blas:
         pending = [worker_pool().submit(fn, *call) for call in calls[1:]]
         fn(*calls[0])
         for future in pending:

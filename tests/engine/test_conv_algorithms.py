@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from engine.backends import NumpyBackend
 from engine.conv import ALGORITHMS, REFERENCE, Epilogue, candidates, default_algorithm
 from engine.conv.depthwise_direct import DepthwiseDirect
 from engine.conv.im2col_gemm_chunked import Im2colGemmChunked, plan_chunks
-from engine.conv.parallel import cpu_cores
+from engine.conv.parallel import blas_libraries, cpu_cores
 from engine.conv.winograd import Winograd3x3
 from tests.engine.conv_cases import (
     EPILOGUES,
@@ -133,3 +134,19 @@ def test_steady_state_allocates_nothing(name):
     assert out.nbytes >= 1 << 20
     # NumPy's copy buffers (tens of KiB per thread) pass; a quarter of the output does not
     assert peak_bytes < 1 << 18
+
+
+def test_blas_threads_restored_after_concurrent_parallel_calls():
+    """Two threads inside batch-parallel convs at once leave BLAS's thread count as it was."""
+    libraries = blas_libraries()
+    if not libraries:
+        pytest.skip("threadpoolctl sees no BLAS")
+    before = [lib.get_num_threads() for lib in libraries]
+    spec = make_spec(SHAPES[1], Epilogue("relu"))
+    x, weight, bias = make_problem(spec)
+    name = "im2col_gemm_parallel"
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(run_algorithm, name, spec, x, weight, bias, BACKEND) for _ in range(8)]
+        outputs = [run.result() for run in runs]
+    assert [lib.get_num_threads() for lib in libraries] == before
+    assert all(np.array_equal(outputs[0], y) for y in outputs)
