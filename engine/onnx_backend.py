@@ -65,7 +65,7 @@ class GemmserveRep(BackendRep):
             self._model({})  # load now so that unsupported models fail at prepare
 
     def _model(self, constants: dict[str, np.ndarray]) -> Model:
-        key = b"".join(v.tobytes() + str(v.shape).encode() for v in constants.values())
+        key = b"".join(v.tobytes() + f"{v.dtype}{v.shape}".encode() for v in constants.values())
         if key not in self.models:
             model = _with_constants(self.proto, constants)
             floats = [i for i in self.inputs if i.name not in constants]
