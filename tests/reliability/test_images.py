@@ -14,6 +14,7 @@ from PIL import (
     IcoImagePlugin,
     Image,
     Jpeg2KImagePlugin,
+    MpoImagePlugin,
     PngImagePlugin,
     PpmImagePlugin,
     PsdImagePlugin,
@@ -163,20 +164,39 @@ def test_many_frames_answer_as_the_first_frame(server, bystanders, fmt):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_mpo_answers_as_its_first_image(server):
+    """Case 9: a 40-image MPO (multi-picture JPEG) answers as the JPEG of its first image."""
+    frames = [payloads.rgb(16, 16, seed=90 + i) for i in range(40)]
+    mpo = payloads.animated("MPO", frames, quality=95)
+    first = payloads.encode(frames[0], "JPEG", quality=95)
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    got = answer_of(server.url, mpo, "image/jpeg")
+    np.testing.assert_allclose(got, answer_of(server.url, first, "image/jpeg"), atol=1e-5)
+    assert not np.allclose(got, answer_of(server.url, payloads.encode(frames[1], "JPEG")))
+
+
 def test_no_seek_past_the_first_frame(monkeypatch, decode_args):
     """Case 9: decoding never seeks to a later frame (no frame-by-frame work)."""
     seeks = []
-    for cls in (GifImagePlugin.GifImageFile, PngImagePlugin.PngImageFile):
-        original = cls.seek
+    for cls in (
+        GifImagePlugin.GifImageFile,
+        PngImagePlugin.PngImageFile,
+        MpoImagePlugin.MpoImageFile,
+    ):
+        for name in ("seek", "_seek"):  # _seek: what n_frames and is_animated walk with
+            if name not in vars(cls):
+                continue
+            original = vars(cls)[name]
 
-        def seek(self, frame, original=original):
-            seeks.append(frame)
-            return original(self, frame)
+            def seek(self, frame, *args, original=original, **kwargs):
+                seeks.append(frame)
+                return original(self, frame, *args, **kwargs)
 
-        monkeypatch.setattr(cls, "seek", seek)
+            monkeypatch.setattr(cls, name, seek)
     frames = payloads.palette_frames(50, 16, seed=9)
     for fmt in ("GIF", "PNG"):
         decode_image(payloads.animated(fmt, frames, duration=10), *decode_args)
+    decode_image(payloads.animated("MPO", [f.convert("RGB") for f in frames]), *decode_args)
     assert [frame for frame in seeks if frame != 0] == []
 
 
