@@ -42,8 +42,24 @@ class Conv(Op):
         return 4 * type(self.algorithm).workspace_elems(self.spec)
 
     def run(self, ins, outs):
-        self.algorithm(ins[0], outs[0], self.workspace.view(np.float32))
+        try:
+            self.algorithm(ins[0], outs[0], self.workspace.view(np.float32))
+        except Exception as error:
+            if not self._fall_back(error):
+                raise
+            self.algorithm(ins[0], outs[0], self.workspace.view(np.float32))
         return outs
+
+    def _fall_back(self, error) -> bool:
+        """After an out-of-memory failure, switch for good to the tuner's runner-up that fits
+        the planned workspace (no re-tuning); False when it was another error or none fits."""
+        if not self.ctx.backend.is_out_of_memory(error):
+            return False
+        fallback = self.ctx.tuner.runner_up(self.choice, self.workspace.nbytes // 4)
+        if fallback is None:
+            return False
+        self.choice, self.algorithm = fallback, fallback.algorithm
+        return True
 
 
 def conv_spec(ctx) -> ConvSpec:
