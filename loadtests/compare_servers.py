@@ -179,10 +179,12 @@ def run_all(
     np.save(buffer, x, allow_pickle=False)
     body = buffer.getvalue()
     logs = model_dir.parent
+    # One autotune cache for both service runs: the same algorithms per bucket in each, tuned once.
+    cache = {"autotune_cache": logs / "cifar.autotune.json"}
     servers = {
-        "gemmserve (batching)": ServiceProcess(model_dir, logs / "batching.log"),
+        "gemmserve (batching)": ServiceProcess(model_dir, logs / "batching.log", flags=cache),
         "gemmserve --max-batch-size 1": ServiceProcess(
-            model_dir, logs / "single.log", flags={"max_batch_size": 1}
+            model_dir, logs / "single.log", flags={**cache, "max_batch_size": 1}
         ),
         "plain FastAPI + onnxruntime": PlainServer(model_dir / "model.onnx", logs / "plain.log"),
         "no-op FastAPI endpoint": PlainServer(None, logs / "noop.log"),
