@@ -46,73 +46,95 @@ def measure(backend, spec: ConvSpec, weight, bias, names, budget_s: float, max_r
     order and the built instance of the fastest valid one. A candidate that raises, or whose
     output differs from the reference by more than its precision allows, is scored ``inf``.
     """
-    rng = np.random.default_rng(zlib.crc32(spec.key().encode()))
-    x = backend.asarray(rng.standard_normal((spec.n, spec.h, spec.w, spec.c), dtype=np.float32))
-    out = backend.empty((spec.n, spec.out_h, spec.out_w, spec.k))
-    scratch = Scratch(backend)
-    timings = {name: Timing(name, math.inf, "not run") for name in names}
-    ready, reference, warm_s = {}, None, {}
-    for name in names:
-        try:
-            algo = ALGORITHMS[name](spec, weight, bias, backend)
-            workspace = scratch.get(type(algo).workspace_elems(spec))
-            start = backend.now()
-            algo(x, out, workspace)
-            warm_s[name] = backend.now() - start
-            error = 0.0 if reference is None else relative_error(backend.xp, out, reference)
-        except Exception as failure:  # any failure (OOM, CuPy, bugs) means "not this one"
-            timings[name] = rejected(backend, spec, name, failure)
-            continue
-        if not error <= algo.tolerance:
-            timings[name].reason = f"relative error {error:.2e} > {algo.tolerance:.0e}"
-            continue
-        if reference is None:
-            reference = out.copy()  # the reference algorithm's output, or the first that ran
-        ready[name] = algo
+    trial = Trial(backend, spec)
+    ready, warm_s = trial.warm_up(names, weight, bias)
     timed = dict(ready)
     if ready:
-        fastest = min(warm_s[name] for name in ready)
+        fastest = min(warm_s.values())
         for name in list(ready)[1:]:
             if warm_s[name] > WARMUP_PRUNE_FACTOR * fastest:
-                timings[name] = Timing(name, warm_s[name] * 1e3)
+                trial.timings[name] = Timing(name, warm_s[name] * 1e3)
                 del timed[name]
         max_repeats = max(1, min(max_repeats, math.ceil(budget_s / fastest)))
-    samples = time_rounds(backend, timed, x, out, scratch, timings, budget_s, max_repeats)
-    for name, times_s in samples.items():
-        timings[name] = Timing(name, statistics.median(times_s) * 1e3)
-    valid = [t for t in timings.values() if math.isfinite(t.ms)]
+    for name, times_s in trial.time_rounds(timed, budget_s, max_repeats).items():
+        trial.timings[name] = Timing(name, statistics.median(times_s) * 1e3)
+    valid = [t for t in trial.timings.values() if math.isfinite(t.ms)]
     winner = ready[min(valid, key=lambda t: t.ms).name] if valid else None
-    return [timings[name] for name in names], winner
+    timings = [trial.timings.get(name) or Timing(name, math.inf, "not run") for name in names]
+    return timings, winner
 
 
-def rejected(backend, spec: ConvSpec, name: str, failure: BaseException) -> Timing:
-    reason = "out of memory" if backend.is_out_of_memory(failure) else repr(failure)
-    log.warning("autotune: %s failed on %s: %s", name, spec.key(), reason)
-    return Timing(name, math.inf, reason)
+class Trial:
+    """The candidates of one spec on one random input, sharing one output and scratch buffer."""
 
+    def __init__(self, backend, spec: ConvSpec):
+        self.backend, self.spec = backend, spec
+        rng = np.random.default_rng(zlib.crc32(spec.key().encode()))
+        x = rng.standard_normal((spec.n, spec.h, spec.w, spec.c), dtype=np.float32)
+        self.x = backend.asarray(x)
+        self.out = backend.empty((spec.n, spec.out_h, spec.out_w, spec.k))
+        self.scratch = Scratch(backend)
+        self.timings: dict[str, Timing] = {}
 
-def time_rounds(backend, ready, x, out, scratch, timings, budget_s, max_repeats):
-    """Seconds per run of each ready candidate, measured in interleaved rounds."""
-    samples: dict[str, list[float]] = {name: [] for name in ready}
-    active = list(ready)
-    for round_index in range(max_repeats):
-        for name in list(active):
-            algo = ready[name]
-            workspace = scratch.get(type(algo).workspace_elems(algo.spec))
+    def run(self, algo) -> float:
+        """Seconds of one call of ``algo`` (device-synchronised)."""
+        workspace = self.scratch.get(type(algo).workspace_elems(self.spec))
+        start = self.backend.now()
+        algo(self.x, self.out, workspace)
+        return self.backend.now() - start
+
+    def error(self, reference) -> float:
+        return relative_error(self.backend.xp, self.out, reference)
+
+    def reject(self, name: str, failure: BaseException) -> None:
+        backend = self.backend
+        reason = "out of memory" if backend.is_out_of_memory(failure) else repr(failure)
+        log.warning("autotune: %s failed on %s: %s", name, self.spec.key(), reason)
+        self.timings[name] = Timing(name, math.inf, reason)
+
+    def warm_up(self, names, weight, bias) -> tuple[dict, dict[str, float]]:
+        """Build and run each candidate once; the first that runs gives the reference output.
+        Returns the candidates that ran correctly, and their warm-up seconds."""
+        ready, warm_s, reference = {}, {}, None
+        for name in names:
             try:
-                start = backend.now()
-                algo(x, out, workspace)
-                samples[name].append(backend.now() - start)
-            except Exception as failure:  # as in the warm-up
-                timings[name] = rejected(backend, algo.spec, name, failure)
-                active.remove(name)
-                del samples[name]
-        if round_index == 1 and active:  # clear losers: two runs are evidence enough
-            fastest = min(min(samples[name]) for name in active)
-            active = [name for name in active if min(samples[name]) <= 2 * fastest]
-        if all(sum(samples[name]) >= budget_s for name in active):
-            break
-    return samples
+                algo = ALGORITHMS[name](self.spec, weight, bias, self.backend)
+                seconds = self.run(algo)
+                error = (
+                    0.0
+                    if reference is None
+                    else relative_error(self.backend.xp, self.out, reference)
+                )
+            except Exception as failure:  # any failure (OOM, CuPy, bugs) means "not this one"
+                self.reject(name, failure)
+                continue
+            if not error <= algo.tolerance:
+                reason = f"relative error {error:.2e} > {algo.tolerance:.0e}"
+                self.timings[name] = Timing(name, math.inf, reason)
+                continue
+            if reference is None:
+                reference = self.out.copy()
+            ready[name], warm_s[name] = algo, seconds
+        return ready, warm_s
+
+    def time_rounds(self, ready: dict, budget_s: float, max_repeats: int) -> dict[str, list]:
+        """Seconds per run of each candidate, measured in interleaved rounds."""
+        samples: dict[str, list[float]] = {name: [] for name in ready}
+        active = list(ready)
+        for round_index in range(max_repeats):
+            for name in list(active):
+                try:
+                    samples[name].append(self.run(ready[name]))
+                except Exception as failure:  # as in the warm-up
+                    self.reject(name, failure)
+                    active.remove(name)
+                    del samples[name]
+            if round_index == 1 and active:  # clear losers: two runs are evidence enough
+                fastest = min(min(samples[name]) for name in active)
+                active = [name for name in active if min(samples[name]) <= 2 * fastest]
+            if all(sum(samples[name]) >= budget_s for name in active):
+                break
+        return samples
 
 
 class Scratch:
