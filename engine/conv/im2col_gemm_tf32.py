@@ -29,6 +29,7 @@ class Im2colGemmTF32(Im2colGemm):
     name = "im2col_gemm_tf32"
     math = "tf32"
     tolerance = 1e-2
+    devices = ("cuda",)
 
     def __call__(self, x, out, workspace) -> None:
         with tf32_gemms(self.xp):
