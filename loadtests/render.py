@@ -61,6 +61,7 @@ def plot_throughput(points: list[Point], path: Path, title: str) -> None:
     for mbs in batch_sizes(points):
         ax.plot(*series(points, mbs, "rps"), marker="o", label=label(mbs))
     users_axis(ax)
+    ax.set_ylim(bottom=0)
     ax.set(xlabel="concurrent users (closed loop)", ylabel="requests/s", title=title)
     finish(fig, [ax], path)
 
