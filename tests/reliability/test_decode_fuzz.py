@@ -7,11 +7,10 @@ finite float32 batch of the model's shape, and memory stays bounded.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
-import json
 import resource
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -19,60 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.config import Settings
 from service.decode import Decoder
-from service.errors import ServiceError
-from service.modelspec import load_spec
-from service.runtime import limits_of
 from tests.reliability import payloads
+from tests.reliability.corpus import CONTENT_TYPES, INPUT_SHAPE, SEEDS, check_decode, make_decoder
+from tests.reliability.harness import REPO
 
-INPUT_SHAPE = (3, 16, 16)
 # Any one decode may hold a capped image (25 MP as RGB float32 would be 300 MB: the cap is what
 # keeps it far below); fuzz inputs are small, so 64 MB of Python/NumPy allocations is generous.
 MAX_TRACED_BYTES = 64 << 20
 MAX_RSS_GROWTH_BYTES = 256 << 20
 EXAMPLES = 300
-
-
-def _seed_images() -> dict[str, bytes]:
-    image = payloads.rgb(12, 20, seed=7)
-    frames = payloads.palette_frames(3, 10, seed=8)
-    return {
-        "image/png": payloads.encode(image, "PNG"),
-        "image/jpeg": payloads.encode(image, "JPEG", quality=80),
-        "image/gif": payloads.animated("GIF", frames),
-        "image/bmp": payloads.encode(image, "BMP"),
-        "image/webp": payloads.encode(image, "WEBP", quality=80),
-        "image/apng": payloads.animated("PNG", frames),
-    }
-
-
-IMAGES = _seed_images()
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-SEEDS: list[tuple[str, bytes]] = [
-    *((kind if kind != "image/apng" else "image/png", data) for kind, data in IMAGES.items()),
-    ("application/x-npy", _npy(np.random.default_rng(1).random((2, *INPUT_SHAPE), np.float32))),
-    ("application/x-npy", _npy(np.ones(INPUT_SHAPE, np.float32))),
-    (
-        "application/json",
-        json.dumps({"instances": [{"b64": base64.b64encode(IMAGES["image/png"]).decode()}]})
-        .encode(),
-    ),
-    (
-        "multipart/form-data; boundary=fz",
-        b'--fz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
-        + IMAGES["image/gif"]
-        + b"\r\n--fz--\r\n",
-    ),
-]  # fmt: skip
-CONTENT_TYPES = sorted({kind for kind, _ in SEEDS} | {"application/octet-stream", "text/plain"})
 
 
 @st.composite
@@ -106,25 +61,18 @@ def random_bodies(draw):
 
 @pytest.fixture(scope="module")
 def decoder(model_dir) -> Decoder:
-    limits = limits_of(Settings(model=model_dir))
-    return Decoder(load_spec(model_dir, INPUT_SHAPE), INPUT_SHAPE, limits)
+    return make_decoder(model_dir)
 
 
 def decode_once(decoder: Decoder, content_type: str, body: bytes) -> None:
-    """One decode: a typed error, or a batch of the model's shape; bounded allocations."""
+    """One decode checked by the oracle, with its traced allocations bounded."""
     tracemalloc.start()
     try:
-        batch = decoder.decode(content_type, body)
-    except ServiceError as error:
-        assert 400 <= error.status < 500, (error.status, error.message)
-        return
+        check_decode(decoder, content_type, body)
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        assert peak < MAX_TRACED_BYTES, f"{content_type}: {peak} bytes traced"
-    assert batch.dtype == np.float32 and batch.shape[1:] == INPUT_SHAPE
-    assert 1 <= len(batch) <= decoder.limits.max_images
-    assert np.isfinite(batch).all()
+    assert peak < MAX_TRACED_BYTES, f"{content_type}: {peak} bytes traced"
 
 
 def test_seeds_decode(decoder):
@@ -169,3 +117,14 @@ def test_memory_stays_bounded_over_many_inputs(decoder):
         decode_once(decoder, "image/png", bomb)
     rss_after = peak_rss_bytes()
     assert rss_after - rss_before < MAX_RSS_GROWTH_BYTES
+
+
+@pytest.mark.timeout(300)
+def test_atheris_short_run(tmp_path):
+    """Coverage-guided: 3,000 libFuzzer runs from the same seeds, where atheris is installed."""
+    pytest.importorskip("atheris")
+    command = [sys.executable, "-m", "tests.reliability.atheris_decode", "-runs=3000"]
+    command += ["-max_len=16384", "-seed=1", f"-artifact_prefix={tmp_path}/"]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Done 3000 runs" in run.stderr
