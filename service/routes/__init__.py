@@ -7,6 +7,6 @@ from fastapi import Request
 from service.runtime import Runtime
 
 
-def runtime(request: Request) -> Runtime:
-    """FastAPI dependency: the app's ``Runtime``."""
+async def runtime(request: Request) -> Runtime:
+    """FastAPI dependency: the app's ``Runtime`` (async: a sync dependency costs a thread hop)."""
     return request.app.state.runtime
