@@ -200,10 +200,17 @@ def test_corrupt_file_is_a_warning_and_a_miss(tmp_path, caplog, text):
 def test_unusable_entry_is_retuned_and_replaced(tmp_path, caplog):
     path = tmp_path / "c.json"
     bad = {"winner": "no_such_algorithm", "ms": 1.0, "runners_up": [], "rejected": []}
-    write_cache(path, entries={SPEC.key(): bad, OTHER.key(): {"winner": 3}})
+    strided = make_spec((2, 6, 9, 10, 7, 3, 3, (1, 1, 1, 1), (2, 2), (1, 1), 1))
+    wrong = {"winner": "winograd_f4x4_3x3", "ms": 1.0, "runners_up": [], "rejected": []}
+    entries = {SPEC.key(): bad, OTHER.key(): {"winner": 3}, strided.key(): wrong, "x": "junk"}
+    write_cache(path, entries=entries)
     with caplog.at_level(logging.WARNING, "engine.autotune"):
         tuner = Autotuner(BACKEND, path)
         assert choose(tuner).source == "tuned"
+        assert choose(tuner, OTHER).source == "tuned"
+        choice = choose(tuner, strided)  # Winograd cannot run a strided conv: never used
+        assert choice.source == "tuned" and choice.algorithm.name != "winograd_f4x4_3x3"
+    assert run(choice, strided) < 1e-4
     assert "ignored" in caplog.text
     tuner.save()
     entries = json.loads(path.read_text())["entries"]
