@@ -89,17 +89,21 @@ def report(model) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from engine import load_model
+    from engine import EngineError, load_model
 
     path = Path(args.model)
-    model = load_model(
-        path / "model.onnx" if path.is_dir() else path,
-        device=args.device,
-        batch_sizes=args.batch_sizes,
-        autotune_cache=args.cache,
-        autotune_mode=args.mode,
-        allow_tf32=args.allow_tf32,
-    )
+    try:
+        model = load_model(
+            path / "model.onnx" if path.is_dir() else path,
+            device=args.device,
+            batch_sizes=args.batch_sizes,
+            autotune_cache=args.cache,
+            autotune_mode=args.mode,
+            allow_tf32=args.allow_tf32,
+        )
+    except EngineError as error:
+        print(f"python -m engine.autotune: {error}", file=sys.stderr)
+        return 2
     print("\n".join(report(model)))
     info = model.tuner.info()
     summary = f"{info['hits']} hits, {info['misses']} tuned in {info['tuning_seconds']:.2f} s"

@@ -71,3 +71,12 @@ def test_bench_quick_runs(tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "| cifar | 2 |" in done.stdout and "Machine:" in done.stdout
+
+
+def test_cli_reports_a_missing_model_without_a_traceback(tmp_path):
+    command = [sys.executable, "-m", "engine.autotune", str(tmp_path / "missing.onnx"),
+               "--cache", str(tmp_path / "c.json")]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "missing.onnx" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "c.json").exists()
