@@ -117,21 +117,30 @@ def junk(rng: random.Random, size: int) -> str:
     return "".join(rng.choice(string.ascii_letters + string.digits + "-._~") for _ in range(size))
 
 
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "FOO"]
+
+
+def junk_request(port: int, rng: random.Random, method: str, target_kind: int) -> int:
+    """One request with a random path of a kind, host and query string; returns its status."""
+    path = "/" + "/".join(junk(rng, rng.randint(1, 12)) for _ in range(rng.randint(1, 4)))
+    target = [path, "/predict", "/v2/models/" + junk(rng, 8), "/metrics"][target_kind]
+    query = "&".join(f"{junk(rng, 6)}={junk(rng, 20)}" for _ in range(rng.randint(0, 30)))
+    host = rng.choice([junk(rng, 40), "[::1", "a" * 2000, "ex ample", "é.example"])
+    line = f"{method} {target}?{query} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n"
+    with rawhttp.connect(port) as sock:
+        sock.sendall(line.encode("utf-8") + b"Connection: close\r\n\r\n")
+        answer = rawhttp.read_response(sock)
+    return rawhttp.parse(answer).status if answer else 0
+
+
 def junk_requests(port: int, rng: random.Random, count: int) -> list[int]:
-    """Random paths, hosts and query strings over raw sockets; returns the statuses."""
-    statuses = []
-    for _ in range(count):
-        path = "/" + "/".join(junk(rng, rng.randint(1, 12)) for _ in range(rng.randint(1, 4)))
-        query = "&".join(f"{junk(rng, 6)}={junk(rng, 20)}" for _ in range(rng.randint(0, 30)))
-        host = rng.choice([junk(rng, 40), "[::1", "a" * 2000, "ex ample", "é.example"])
-        method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "FOO"])
-        target = rng.choice([path, "/predict", "/v2/models/" + junk(rng, 8), "/metrics"])
-        line = f"{method} {target}?{query} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n"
-        with rawhttp.connect(port) as sock:
-            sock.sendall(line.encode("utf-8") + b"Connection: close\r\n\r\n")
-            answer = rawhttp.read_response(sock)
-        statuses.append(rawhttp.parse(answer).status if answer else 0)
-    return statuses
+    """``count`` junk requests of random kinds; returns the statuses."""
+    return [junk_request(port, rng, rng.choice(METHODS), rng.randrange(4)) for _ in range(count)]
+
+
+def every_kind_of_junk(port: int, rng: random.Random) -> list[int]:
+    """One junk request of each method and target kind: every refusal the service gives."""
+    return [junk_request(port, rng, m, kind) for m in METHODS for kind in range(4)]
 
 
 def label_sets(url: str) -> set:
@@ -143,7 +152,7 @@ def label_sets(url: str) -> set:
 def test_junk_hosts_paths_and_queries_do_not_grow_label_sets(server, bystanders):
     """Case 18: 404/405/400 (never 5xx), and /metrics label sets stay the same size."""
     rng = random.Random(18)
-    junk_requests(server.port, rng, 40)  # every kind of refusal seen once
+    every_kind_of_junk(server.port, rng)  # each (route, status) that junk can produce, once
     before = label_sets(server.url)
     statuses = bystanders.run(lambda: junk_requests(server.port, rng, 300))
     after = label_sets(server.url)
