@@ -81,9 +81,9 @@ def test_poison_and_out_of_memory_under_load_answer_everyone_once(fault_server, 
         # The first request holds the engine until the others queue up, so that full batches
         # (each above the out-of-memory size, some with a poisoned input) form at once.
         first = pool.submit(post, fault_server.url, inputs[0])
-        wait_for_queue(fault_server.url, 0)
+        wait_for_gauge(fault_server.url, "gemmserve_batch_running_images", 1)
         rest = [pool.submit(post, fault_server.url, x) for x in inputs[1:]]
-        wait_for_queue(fault_server.url, CLIENTS - 1)
+        wait_for_gauge(fault_server.url, "gemmserve_queue_depth", CLIENTS - 1)
         fault_server.hold_file.unlink()
         responses = [first.result()] + [f.result() for f in rest]
     after = counters(fault_server.url)
@@ -102,13 +102,9 @@ def test_poison_and_out_of_memory_under_load_answer_everyone_once(fault_server, 
     assert after["oom_splits"] > before["oom_splits"]
 
 
-def wait_for_queue(url: str, depth: int, timeout_s: float = 30) -> None:
-    """Until the engine is busy (in flight > 0) and ``depth`` images wait in the queue."""
+def wait_for_gauge(url: str, name: str, value: float, timeout_s: float = 30) -> None:
+    """Until the gauge ``name`` reaches ``value``."""
     end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        queued = metric_samples(url, "gemmserve_queue_depth").get((), 0)
-        busy = metric_samples(url, "gemmserve_requests_in_flight").get((), 0)
-        if busy >= 1 and queued >= depth:
-            return
+    while metric_samples(url, name).get((), 0) < value:
+        assert time.monotonic() < end, f"{name} never reached {value}"
         time.sleep(0.01)
-    raise AssertionError(f"queue never reached {depth}")
