@@ -16,7 +16,7 @@ from engine.conv.winograd_f4x4_3x3 import WinogradF4x4
 REFERENCE = Im2colGemm.name
 
 _BASE = (Im2colGemm, Gemm1x1, Im2colGemmChunked, WinogradF2x2, WinogradF4x4, DepthwiseDirect)
-_PARALLEL = tuple(parallel_variant(algo) for algo in _BASE if algo is not Im2colGemmChunked)
+_PARALLEL = tuple(parallel_variant(algo) for algo in _BASE)
 
 ALGORITHMS: dict[str, type[ConvAlgorithm]] = {
     algo.name: algo for algo in (*_BASE, Im2colGemmTF32, *_PARALLEL, Im2colGemmBands)

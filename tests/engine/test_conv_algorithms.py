@@ -54,7 +54,7 @@ def test_algorithm_matches_reference(name, index):
 
 def test_grid_covers_every_algorithm():
     # im2col_gemm_chunked only applies above its chunk size: test_chunked_every_chunking
-    expected = set(FP32) - {"im2col_gemm_chunked"}
+    expected = set(FP32) - {"im2col_gemm_chunked", "im2col_gemm_chunked_parallel"}
     if cpu_cores() < 2:
         expected = {name for name in expected if not name.endswith("_parallel")}
     assert {name for name, _ in GRID} == expected
@@ -96,6 +96,8 @@ def test_chunked_every_chunking(monkeypatch, index, rows_per_chunk):
     assert rows == [(n, oh) for n in range(spec.n) for oh in range(spec.out_h)]
     assert len(chunks) > 1 or spec.n <= (images or 0)
     check("im2col_gemm_chunked", spec, seed=index)
+    if ALGORITHMS["im2col_gemm_chunked_parallel"].applicable(spec):
+        check("im2col_gemm_chunked_parallel", spec, seed=index)
 
 
 @pytest.mark.parametrize("name", ["winograd_f2x2_3x3", "winograd_f4x4_3x3", "depthwise_direct"])
