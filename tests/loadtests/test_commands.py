@@ -56,7 +56,7 @@ def test_short_soak_records_memory_queue_depth_and_p99(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     with open(tmp_path / "soak.csv", newline="") as handle:
         samples = list(csv.DictReader(handle))
-    assert len(samples) >= 20
+    assert len(samples) >= 10
     assert all(float(s["rss_mib"]) > 10 for s in samples)
     assert all(float(s["queue_depth"]) >= 0 for s in samples)
     assert any(float(s["p99_ms"]) > 0 for s in samples if s["p99_ms"] != "nan")
