@@ -21,9 +21,9 @@ def server_factory(tmp_path_factory, model_dir):
     """``serve(*flags, faults=...)`` starts a ready server; all are stopped at the end."""
     started: list[Server] = []
 
-    def serve(*flags: str, faults=(), model: Path | None = None, env=None) -> Server:
+    def serve(*flags: str, faults=(), model: Path | None = None) -> Server:
         log_path = tmp_path_factory.mktemp("server") / "server.log"
-        server = start(model or model_dir, log_path, *flags, faults=faults, env=env)
+        server = start(model or model_dir, log_path, *flags, faults=faults)
         started.append(server)
         return server
 

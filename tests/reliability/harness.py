@@ -32,7 +32,7 @@ http = httpx.Client(timeout=30)
 class Server:
     """One service process. ``faults`` (fault_server.py flags) wraps the engine to misbehave."""
 
-    def __init__(self, model: Path, log_path: Path, *flags: str, faults=(), env=None):
+    def __init__(self, model: Path, log_path: Path, *flags: str, faults=()):
         if faults:
             argv = [sys.executable, "-m", "tests.service.fault_server", *faults, "--"]
         else:
@@ -40,7 +40,7 @@ class Server:
         argv += ["--model", str(model), "--port", "0", "--device", "cpu", *flags]
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        environ = {**os.environ, "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen(
             argv, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=environ
         )
@@ -82,13 +82,10 @@ class Server:
         line = next(f for f in fields if f.startswith("VmRSS:"))
         return int(line.split()[1]) * 1024
 
-    def terminate(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it does not exit; returns the exit code."""
         if self.proc.poll() is None:
-            self.terminate()
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -98,9 +95,9 @@ class Server:
         return self.proc.returncode
 
 
-def start(model: Path, log_path: Path, *flags: str, faults=(), env=None) -> Server:
+def start(model: Path, log_path: Path, *flags: str, faults=()) -> Server:
     """Start a server and wait until it is ready (stopping it if it never gets there)."""
-    server = Server(model, log_path, *flags, faults=faults, env=env)
+    server = Server(model, log_path, *flags, faults=faults)
     try:
         server.wait_ready()
     except Exception:
