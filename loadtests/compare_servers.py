@@ -153,13 +153,17 @@ class PlainServer(ServiceProcess):
         return args + (["--model", str(self.onnx)] if self.onnx else ["--noop"])
 
 
-def mean_batch(url: str) -> float | None:
-    """Mean engine batch size from the service's /metrics (None for the other servers)."""
+def engine_figures(url: str) -> tuple[float, float] | None:
+    """From the service's /metrics: mean engine batch size, and images per second of engine time
+    (what the engine alone sustained inside the service)."""
     text = http_get(url + "/metrics")[1].decode()
-    found = {
-        k: float(v) for k, v in re.findall(r"^gemmserve_batch_size_(sum|count) (\S+)$", text, re.M)
-    }
-    return found["sum"] / found["count"] if found.get("count") else None
+    pattern = r"^gemmserve_(batch_size|inference_duration_seconds)_(sum|count) (\S+)$"
+    found = {(m, k): float(v) for m, k, v in re.findall(pattern, text, re.M)}
+    batches, images = found.get(("batch_size", "count")), found.get(("batch_size", "sum"))
+    engine_s = found.get(("inference_duration_seconds", "sum"))
+    if not batches or not engine_s:
+        return None
+    return images / batches, images / engine_s
 
 
 def machine() -> str:
@@ -197,21 +201,22 @@ def run_all(
             result = asyncio.run(
                 drive(server.port, body, args.connections, args.warmup_s, args.seconds)
             )
-            rows.append((name, result, mean_batch(server.url) if "gemmserve" in name else None))
+            figures = engine_figures(server.url) if "gemmserve" in name else None
+            rows.append((name, result, figures))
         print(f"  measured {name}: {result.throughput:.0f} req/s", file=sys.stderr)
     return rows
 
 
 def table(rows) -> str:
     lines = [
-        "| server | req/s | p50 ms | p99 ms | non-200 | mean batch |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | req/s | p50 ms | p99 ms | non-200 | mean batch | engine img/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r, batch in rows:
+    for name, r, figures in rows:
         bad = sum(n for s, n in r.statuses.items() if s != 200)
         p50, p99 = r.percentile_ms(50), r.percentile_ms(99)
-        mean = "" if batch is None else f"{batch:.1f}"
-        lines.append(f"| {name} | {r.throughput:,.0f} | {p50:.1f} | {p99:.1f} | {bad} | {mean} |")
+        engine = "| |" if figures is None else f"| {figures[0]:.1f} | {figures[1]:,.0f} |"
+        lines.append(f"| {name} | {r.throughput:,.0f} | {p50:.1f} | {p99:.1f} | {bad} {engine}")
     return "\n".join(lines)
 
 

@@ -32,6 +32,11 @@ class FaultyModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
+    def warmup(self) -> list[dict]:
+        """The engine's warm-up, with the injected per-call delay in its timings."""
+        stats = self._model.warmup()
+        return [{**s, "seconds": s["seconds"] + self._faults.delay_ms / 1000} for s in stats]
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         f = self._faults
         firsts = x.reshape(len(x), -1)[:, 0]
