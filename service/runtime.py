@@ -103,6 +103,7 @@ class Runtime:
         self.batcher: Batcher | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.bucket_seconds: dict[int, float] = {}
+        self.model_info: dict = {}
         self._startup: asyncio.Task | None = None
 
     # ---- start and stop --------------------------------------------------------------------
@@ -117,7 +118,9 @@ class Runtime:
         self_test(model)
         if set(self.bucket_seconds) >= set(model.batch_sizes):
             self.batcher.set_cost_model(lambda n: self.bucket_seconds[model.bucket_for(n)])
-        self.metrics.set_autotune(dict(model.info().get("autotune") or {}))
+        # Read once here: the engine may only be touched from this thread.
+        self.model_info = dict(model.info())
+        self.metrics.set_autotune(dict(self.model_info.get("autotune") or {}))
         self.model, self.spec = model, spec
         self.decoder = Decoder(spec, tuple(model.input_shape), limits_of(self.settings))
         elapsed_s = time.monotonic() - started

@@ -33,7 +33,7 @@ async def model_info(rt: Rt) -> dict:
     if rt.spec is None:
         rt.lifecycle.check_ready()
     spec = rt.spec
-    info = dict(rt.model.info())
+    info = dict(rt.model_info)
     info.update(
         name=spec.name,
         labels=list(spec.labels) if spec.labels else None,
