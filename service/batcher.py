@@ -224,19 +224,20 @@ class Batcher:
             loop.call_soon_threadsafe(_settle, ready, None, exc)
             return
         loop.call_soon_threadsafe(_settle, ready, self._run_fn, None)
-        while (batch := self._next_batch()) is not None:
+        under_load = False  # idle at start: the first request runs at once
+        while (batch := self._next_batch(under_load)) is not None:
             self._run(batch)
             self._running = 0
+            # Work queued up while this batch ran: the engine is the bottleneck right now.
+            under_load = bool(self._queue)
 
-    def _next_batch(self) -> list[_Item] | None:
+    def _next_batch(self, under_load: bool) -> list[_Item] | None:
         with self._cond:
-            waited = False
             while not self._queue:
                 if self._closed:
                     return None
-                waited = True
                 self._cond.wait()
-            if not waited and self._max_delay_s > 0:
+            if under_load and self._max_delay_s > 0:
                 self._gather_more()
             slack_s = self._queue[0].deadline - time.monotonic()
             count = choose_batch_size(len(self._queue), self.max_batch_size, self._cost_s, slack_s)
@@ -245,8 +246,8 @@ class Batcher:
         return taken
 
     def _gather_more(self) -> None:
-        """Under load (the queue was not empty when the engine came back): wait for a fuller batch,
-        but never past the oldest request's deadline. Called with the lock held."""
+        """Under load (requests queued while the last batch ran): wait for a fuller batch, but
+        never past the oldest request's deadline. Called with the lock held."""
         end = min(time.monotonic() + self._max_delay_s, self._queue[0].deadline)
         while len(self._queue) < self.max_batch_size and not self._closed:
             remaining = end - time.monotonic()

@@ -110,3 +110,48 @@ def test_full_queue_refuses_at_once():
         return expired[0]
 
     assert isinstance(asyncio.run(scenario()), DeadlineExceeded)
+
+
+def test_idle_engine_starts_at_once_busy_engine_gathers_up_to_max_delay():
+    """``max_delay_ms`` only applies under load: a request to an idle engine runs alone even if
+    another follows 20 ms later; behind a busy engine, the two wait for each other."""
+
+    async def scenario():
+        recorder = Recorder()
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Event()
+        gate.set()
+
+        def model(x):
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(5)
+            return x
+
+        batcher = Batcher(
+            lambda: model, max_batch_size=8, max_queue=8, max_delay_ms=300, observer=recorder
+        )
+        await batcher.start()
+        deadline = time.monotonic() + 10
+        one = np.ones((1, 1), np.float32)
+
+        async def two_requests_20ms_apart():
+            first = asyncio.ensure_future(batcher.infer(one, deadline))
+            await asyncio.sleep(0.02)
+            await asyncio.gather(first, batcher.infer(one, deadline))
+
+        await two_requests_20ms_apart()  # idle: each runs on its own
+        idle_sizes = [b.size for b in recorder.batches]
+        gate.clear()
+        busy = asyncio.ensure_future(batcher.infer(one, deadline))
+        while batcher.running != 1:
+            await asyncio.sleep(0.001)
+        pair = asyncio.ensure_future(two_requests_20ms_apart())
+        while batcher.depth != 1:  # the first of the pair is queued behind the busy engine
+            await asyncio.sleep(0.001)
+        gate.set()
+        await asyncio.gather(busy, pair)
+        batcher.close(5)
+        return idle_sizes, [b.size for b in recorder.batches[len(idle_sizes) :]]
+
+    idle_sizes, busy_sizes = asyncio.run(scenario())
+    assert idle_sizes == [1, 1]
+    assert busy_sizes == [1, 2]
