@@ -184,17 +184,19 @@ def test_foreign_header_is_ignored_and_never_overwritten(tmp_path, caplog, chang
     assert tuner.info()["cache_status"] == "foreign" and tuner.stats.saves == 0
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"header": {"schema": 1}', "[]", ""])
+@pytest.mark.parametrize(
+    "text", ["{not json", '{"header": {"schema": 1}', "[]", "", b"\xff\xfe\x00 not UTF-8"]
+)
 def test_corrupt_file_is_a_warning_and_a_miss(tmp_path, caplog, text):
     path = tmp_path / "c.json"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with caplog.at_level(logging.WARNING, "engine.autotune"):
         tuner = Autotuner(BACKEND, path)
         choice = choose(tuner)
         tuner.save()
     assert "not a valid cache file" in caplog.text
     assert choice.source == "tuned" and run(choice, SPEC) < 1e-3
-    assert path.read_text() == text
+    assert path.read_bytes() == (text if isinstance(text, bytes) else text.encode())
 
 
 def test_unusable_entry_is_retuned_and_replaced(tmp_path, caplog):
