@@ -151,7 +151,10 @@ class Runtime:
         try:
             await ready
         except Exception as exc:  # noqa: BLE001 - a load failure stops the server, with its reason
-            log.error("model failed to load: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            # One line for the operator (an unsupported model lists every problem in it); the
+            # traceback only at debug level.
+            log.error("model failed to load: %s: %s", type(exc).__name__, exc)
+            log.debug("model load traceback", exc_info=exc)
             self.lifecycle.set_failed(f"model failed to load: {exc}")
             return
         if self.model.device == "cuda":

@@ -80,6 +80,7 @@ def test_model_that_fails_to_load_exits_with_one_line(tmp_path):
     server = Server(["--model", str(broken)])
     assert server.proc.wait(60) == 1
     assert "model failed to load" in server.output()
+    assert "Traceback" not in server.output()
     server.stop()
 
 
