@@ -21,9 +21,22 @@ from engine.conv.im2col_gemm import Im2colGemm, im2col_then_gemm
 from engine.conv.im2col_gemm_chunked import Chunk, band_chunk
 from engine.conv.spec import ConvSpec
 
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
+
+@functools.cache
 def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container started with ``--cpus 2`` on a 64-core host sees 64 cores but gets 2)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        with open(CGROUP_CPU_MAX, encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity stands
+    return max(cores or 1, 1)
 
 
 @functools.cache

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+import engine.conv.parallel as parallel_module
 from engine.backends import NumpyBackend
 from engine.conv import ALGORITHMS, REFERENCE, Epilogue, candidates, default_algorithm
 from engine.conv.depthwise_direct import DepthwiseDirect
@@ -153,3 +155,19 @@ def test_blas_threads_restored_after_concurrent_parallel_calls():
         outputs = [run.result() for run in runs]
     assert [lib.get_num_threads() for lib in libraries] == before
     assert all(np.array_equal(outputs[0], y) for y in outputs)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"),
+    [("50000 100000", 1), ("150000 100000", 2), ("max 100000", None), ("junk", None)],
+)
+def test_cpu_cores_honours_a_cgroup_quota(tmp_path, monkeypatch, cpu_max, cap):
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    monkeypatch.setattr(parallel_module, "CGROUP_CPU_MAX", str(path))
+    parallel_module.cpu_cores.cache_clear()
+    try:
+        affinity = len(os.sched_getaffinity(0))
+        assert parallel_module.cpu_cores() == (min(affinity, cap) if cap else affinity)
+    finally:
+        parallel_module.cpu_cores.cache_clear()
