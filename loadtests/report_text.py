@@ -127,12 +127,16 @@ def document(points: list[Point], info: dict) -> str:
             "that point: its figures are pessimistic and noisy.", "",
             *closed_table(points, "load_1m", 1), ""]  # fmt: skip
     if any(p.mode == "open" for p in points):
-        out += [
-            "### Open loop (Poisson and bursty arrivals)", "",
-            "One open-loop client; offered rates are fractions of the best closed-loop "
-            "throughput above. Bursts x B put all arrivals of every "
-            f"{BURST_PERIOD_S:g} s into its first 1/B (same mean rate). Served req/s counts "
-            "answers over the point.", "",
-            *open_table(points), "", f"![open loop]({PLOTS['open']})", "",
-        ]  # fmt: skip
+        out += open_section(points)
     return "\n".join(out)
+
+
+def open_section(points: list[Point]) -> list[str]:
+    return [
+        "### Open loop (Poisson and bursty arrivals)", "",
+        "One open-loop client; offered rates are fractions of the best closed-loop "
+        "throughput above. Bursts x B put all arrivals of every "
+        f"{BURST_PERIOD_S:g} s into its first 1/B (same mean rate). Served req/s counts "
+        "answers over the point.", "",
+        *open_table(points), "", f"![open loop]({PLOTS['open']})", "",
+    ]  # fmt: skip

@@ -60,12 +60,16 @@ def observe(url: str, process: psutil.Process, t_s: float) -> Sample:
     return Sample(t_s, rss, gauges["gemmserve_queue_depth"], gauges["gemmserve_requests_in_flight"])
 
 
-def sample_until_done(locust, url: str, pid: int, interval_s: float) -> tuple[list[Sample], float]:
-    """Sample every ``interval_s`` until Locust exits; the samples and the start (Unix time)."""
+def sample_until_done(locust, url: str, pid: int, interval_s: float, limit_s: float):
+    """Sample every ``interval_s`` until Locust exits (killed after ``limit_s``); the samples and
+    the start (Unix time)."""
     process = psutil.Process(pid)
     start = time.time()
     samples = []
     while locust.poll() is None:
+        if time.time() - start > limit_s:
+            locust.kill()
+            raise ServiceError(f"Locust still running after {limit_s:.0f} s; killed")
         # One missed scrape under load is not a verdict; Locust counts the real failures.
         with contextlib.suppress(OSError):
             samples.append(observe(url, process, time.time() - start))
@@ -140,6 +144,22 @@ def write_samples(samples: list[Sample], path: Path) -> None:
                              s.p99_ms, f"{s.rps:.1f}"])  # fmt: skip
 
 
+def drive(target: Target, args, prefix: Path):
+    """Service up, Locust for the soak's length while sampling, service down (SIGTERM).
+    Returns the samples, their start (Unix time), Locust's exit code and the idle check."""
+    run_time_s = args.minutes * 60
+    with target.service(args.out / "service.log") as service:
+        print(f"service ready at {service.url} (pid {service.pid}); soak {run_time_s:.0f} s")
+        plan = LocustPlan(
+            host=service.url, scenario="mixed+open", users=args.users + 1, run_time_s=run_time_s,
+            csv_prefix=prefix, arrival_rate=10, burst_factor=4, full_history=True,
+        )  # fmt: skip
+        locust = start_locust(plan, args.out / "locust.log")
+        limit_s = run_time_s + 120  # start-up, stop timeout, CSV writing
+        samples, start = sample_until_done(locust, service.url, service.pid, args.sample_s, limit_s)
+        return samples, start, locust.returncode, wait_idle(service.url)
+
+
 def soak(target: Target, args) -> int:
     """Run the soak; print and save the figures; 0 only if nothing failed and RSS stayed flat."""
     out = args.out
@@ -147,23 +167,14 @@ def soak(target: Target, args) -> int:
     run_time_s = args.minutes * 60
     prefix = out / "soak"
     try:
-        with target.service(out / "service.log") as service:
-            print(f"service ready at {service.url} (pid {service.pid}); soak {run_time_s:.0f} s")
-            plan = LocustPlan(
-                host=service.url, scenario="mixed+open", users=args.users + 1,
-                run_time_s=run_time_s, csv_prefix=prefix, arrival_rate=10, burst_factor=4,
-                full_history=True,
-            )  # fmt: skip
-            locust = start_locust(plan, out / "locust.log")
-            samples, start = sample_until_done(locust, service.url, service.pid, args.sample_s)
-            idle = wait_idle(service.url)
+        samples, start, locust_code, idle = drive(target, args, prefix)
     except ServiceError as exc:
         print(f"FAIL: {exc}")
         return 1
     samples = with_latency(samples, rolling_p99(Path(f"{prefix}_stats_history.csv"), start))
     write_samples(samples, out / "soak.csv")
     plot(samples, out / "soak.png", args.minutes)
-    result = read_result(prefix, locust.returncode)
+    result = read_result(prefix, locust_code)
     problems = verdict(result, prefix)
     problems += [p for p in (memory_problem([s.rss_mib for s in samples], args.max_growth_mib),
                              idle) if p]  # fmt: skip
