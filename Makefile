@@ -22,7 +22,7 @@ $(VENV)/.installed-dev: pyproject.toml
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
-	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT) --device $(DEVICE)
+	$(PY) -m service --model $(MODEL) --host $(HOST) --port $(PORT) --device $(DEVICE) --autotune-cache $(AUTOTUNE_CACHE)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
