@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.errors import (
+    ClientDisconnected,
     DeadlineExceeded,
     InferenceFailed,
     NotReadyError,
@@ -168,27 +169,34 @@ class Batcher:
         self._thread.start()
         return ready
 
-    async def infer(self, batch: np.ndarray, deadline: float) -> np.ndarray:
+    async def infer(
+        self, batch: np.ndarray, deadline: float, give_up: asyncio.Future | None = None
+    ) -> np.ndarray:
         """Run each image of ``batch`` (N, ...) and return the outputs stacked in order.
 
         Admission is all or nothing: a request that does not fit the queue is refused whole.
-        ``deadline`` is a ``time.monotonic()`` instant.
+        ``deadline`` is a ``time.monotonic()`` instant. When ``give_up`` completes first (the
+        caller went away), the images are dropped unrun and ``ClientDisconnected`` is raised.
         """
         loop = asyncio.get_running_loop()
         items = [_Item(x, deadline, loop, loop.create_future()) for x in batch]
         self._admit(items)
+        outputs = asyncio.gather(*(item.future for item in items))
+        waiting = {outputs} if give_up is None else {outputs, give_up}
         try:
             remaining_s = max(deadline - time.monotonic(), 0.0)
-            outputs = await asyncio.wait_for(
-                asyncio.gather(*(item.future for item in items)), remaining_s
-            )
-        except TimeoutError:
-            message = f"no answer within the deadline ({len(items)} image(s))"
-            raise DeadlineExceeded(message) from None
+            await asyncio.wait(waiting, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for item in items:
                 item.abandoned = True
-        return np.stack(outputs)
+            answered = outputs.done()
+            if not answered:
+                outputs.cancel()  # takes effect on the next loop turn
+        if answered:
+            return np.stack(outputs.result())
+        if give_up is not None and give_up.done():
+            raise ClientDisconnected("the caller went away while its request was queued")
+        raise DeadlineExceeded(f"no answer within the deadline ({len(items)} image(s))")
 
     def _admit(self, items: list[_Item]) -> None:
         with self._cond:

@@ -20,7 +20,7 @@ import engine
 from service.batcher import Batcher
 from service.config import Settings
 from service.decode import Decoder, Limits
-from service.errors import ClientDisconnected, QueueFullError
+from service.errors import QueueFullError
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.modelspec import ModelSpec, load_spec, locate
@@ -195,20 +195,11 @@ class Runtime:
         self, request: Request, batch: np.ndarray, timeout_ms: float | None
     ) -> np.ndarray:
         """Queue ``batch``; if the client disconnects first, its images are dropped unrun."""
-        work = asyncio.ensure_future(self.batcher.infer(batch, self.deadline(timeout_ms)))
         gone = asyncio.ensure_future(_wait_disconnect(request))
         try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            work.cancel()
-            raise
+            return await self.batcher.infer(batch, self.deadline(timeout_ms), give_up=gone)
         finally:
             gone.cancel()
-        if work.done():
-            return work.result()
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
-        raise ClientDisconnected("client disconnected while its request was queued")
 
 
 def _gpu_memory_probes() -> tuple[Callable[[], float], Callable[[], float]]:
