@@ -17,6 +17,10 @@ from service.runtime import ModelFactory
 from service.server import DrainingServer
 
 
+def _shown(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One ``--flag`` per setting (``max_delay_ms`` -> ``--max-delay-ms``); unset flags fall back
     to the environment, then to the defaults."""
@@ -24,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m service", description="Serve an ONNX image model over HTTP."
     )
     for name, field in Settings.model_fields.items():
-        default = "required" if field.is_required() else f"default {field.default!r}"
+        default = "required" if field.is_required() else f"default {_shown(field.default)}"
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,

@@ -26,34 +26,47 @@ class Settings(BaseSettings):
 
     # The contract of DESIGN.md: each also a `--flag`.
     model: Path = Field(description="ONNX file, or a directory with model.onnx and model.json")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_sizes: Annotated[tuple[int, ...], NoDecode] = (1, 2, 4, 8, 16, 32)
-    max_batch_size: int | None = Field(
-        None, ge=1, le=4096, description="default: the largest of batch_sizes"
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU if present")
+    batch_sizes: Annotated[tuple[int, ...], NoDecode] = Field(
+        (1, 2, 4, 8, 16, 32),
+        description="batch buckets the engine plans and tunes, comma-separated",
     )
-    max_delay_ms: float = Field(2.0, ge=0, le=10_000)
-    max_queue: int = Field(1024, ge=1, le=1_000_000)
-    timeout_ms: float = Field(5000.0, gt=0, le=3_600_000)
-    autotune_cache: Path | None = None
-    autotune_mode: Literal["off", "readonly", "tune-missing", "force"] = "tune-missing"
+    max_batch_size: int | None = Field(
+        None, ge=1, le=4096, description="most images per engine batch; default: largest bucket"
+    )
+    max_delay_ms: float = Field(
+        2.0, ge=0, le=10_000, description="under load, extra wait for a fuller batch"
+    )
+    max_queue: int = Field(1024, ge=1, le=1_000_000, description="images waiting; then 429")
+    timeout_ms: float = Field(5000.0, gt=0, le=3_600_000, description="per-request deadline; 504")
+    autotune_cache: Path | None = Field(None, description="autotune cache file (kept on restarts)")
+    autotune_mode: Literal["off", "readonly", "tune-missing", "force"] = Field(
+        "tune-missing", description="what the autotuner does at load"
+    )
 
     # Limits (RELIABILITY.md "Defaults to ship").
-    max_body_bytes: int = Field(16 * MIB, ge=1024)
-    max_image_pixels: int = Field(25_000_000, ge=1, le=89_000_000)  # below Pillow's bomb limit
-    allowed_formats: Annotated[tuple[str, ...], NoDecode] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-    max_images_per_request: int = Field(64, ge=1, le=4096)
-    multipart_max_files: int = Field(64, ge=1)
-    multipart_max_fields: int = Field(16, ge=0)
-    multipart_max_headers: int = Field(16, ge=1)
-    max_concurrency: int = Field(2048, ge=1)
-    keep_alive_s: float = Field(5.0, gt=0)
-    graceful_shutdown_s: float = Field(30.0, gt=0)
-    decode_threads: int = Field(4, ge=1, le=256)
-    top_k: int = Field(5, ge=1)
-    retry_after_s: int = Field(1, ge=1)
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    max_body_bytes: int = Field(16 * MIB, ge=1024, description="request body limit; 413")
+    max_image_pixels: int = Field(
+        25_000_000, ge=1, le=89_000_000, description="pixel cap, below Pillow's bomb limit; 413"
+    )
+    allowed_formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("PNG", "JPEG", "WEBP", "GIF", "BMP"), description="image formats decoded; others 415"
+    )
+    max_images_per_request: int = Field(64, ge=1, le=4096, description="images in one request")
+    multipart_max_files: int = Field(64, ge=1, description="file parts in one multipart body")
+    multipart_max_fields: int = Field(16, ge=0, description="other parts in one multipart body")
+    multipart_max_headers: int = Field(16, ge=1, description="header lines per multipart part")
+    max_concurrency: int = Field(2048, ge=1, description="connections and tasks; then 503")
+    keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive and request-head timeout")
+    graceful_shutdown_s: float = Field(30.0, gt=0, description="drain time after SIGTERM")
+    decode_threads: int = Field(4, ge=1, le=256, description="threads decoding request bodies")
+    top_k: int = Field(5, ge=1, description="default number of predictions per image")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After on 429 and 503")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="log level"
+    )
 
     @field_validator("batch_sizes", mode="before")
     @classmethod
