@@ -151,7 +151,7 @@ class Batcher:
 
     @property
     def running(self) -> int:
-        """Images in the batch the engine is running now."""
+        """Images inside the engine call running now (0 between calls)."""
         return self._running
 
     def set_cost_model(self, cost_s: Callable[[int], float]) -> None:
@@ -235,7 +235,6 @@ class Batcher:
         under_load = False  # idle at start: the first request runs at once
         while (batch := self._next_batch(under_load)) is not None:
             self._run(batch)
-            self._running = 0
             # Work queued up while this batch ran: the engine is the bottleneck right now.
             under_load = bool(self._queue)
 
@@ -250,7 +249,6 @@ class Batcher:
             slack_s = self._queue[0].deadline - time.monotonic()
             count = choose_batch_size(len(self._queue), self.max_batch_size, self._cost_s, slack_s)
             taken = [self._queue.popleft() for _ in range(count)]
-            self._running = count
         return taken
 
     def _gather_more(self) -> None:
@@ -279,13 +277,17 @@ class Batcher:
             return
         x = np.stack([item.x for item in items])
         started = time.monotonic()
+        self._running = len(items)
         try:
             y = self._run_fn(x)
             if len(y) != len(items):
                 raise InferenceFailed(f"engine returned {len(y)} rows for a batch of {len(items)}")
         except Exception as exc:  # noqa: BLE001 - split to find the culprit; it gets the error
+            self._running = 0
             self._on_failure(items, exc)
             return
+        # Before the answers go out, so nobody who got one still sees this batch running.
+        self._running = 0
         elapsed = time.monotonic() - started
         waits = tuple(started - item.enqueued for item in items)
         self._observer.on_batch(BatchStats(len(items), waits, elapsed))
