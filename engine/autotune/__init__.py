@@ -28,6 +28,10 @@ from engine.conv import default_algorithm as heuristic_default
 log = logging.getLogger("engine.autotune")
 
 MODES = ("off", "readonly", "tune-missing", "force")
+#: a candidate replaces the heuristic default only when at least this much faster: smaller
+#: per-layer gains are within timing noise, and measured whole-net runs lost with them (other
+#: layers' data leaves the cache differently than in the per-layer timing)
+MIN_GAIN_OVER_DEFAULT = 1.05
 SOURCES = ("cache", "tuned", "default", "fallback")
 
 
@@ -170,6 +174,8 @@ class Autotuner:
         if not valid:
             log.error("autotune: every candidate failed on %s; using the default", key)
             return self.default(spec, weight, bias)
+        if prefer_default(valid, heuristic_default(spec)):
+            winner = ALGORITHMS[valid[0].name](spec, weight, bias, self.backend)
         self.timings[key] = timings
         self.entries[key] = {
             "winner": valid[0].name,
@@ -200,6 +206,19 @@ class Autotuner:
             "entries": len(self.entries),
             **dataclasses.asdict(self.stats),
         }
+
+
+def prefer_default(valid: list[Timing], default_name: str) -> bool:
+    """Move the heuristic default to the front of ``valid`` (sorted by time) when the fastest
+    beats it by less than MIN_GAIN_OVER_DEFAULT; True when that changed the winner."""
+    default = next((t for t in valid if t.name == default_name), None)
+    if default is None or valid[0] is default:
+        return False
+    if valid[0].ms * MIN_GAIN_OVER_DEFAULT <= default.ms:
+        return False
+    valid.remove(default)
+    valid.insert(0, default)
+    return True
 
 
 __all__ = ["MODES", "SOURCES", "Autotuner", "AutotuneStats", "Choice"]

@@ -345,3 +345,20 @@ def test_save_only_on_change(tmp_path, monkeypatch):
     choose(reloaded)
     reloaded.save()
     assert writes == []
+
+
+def test_default_kept_unless_a_candidate_clearly_beats_it():
+    from engine.autotune import MIN_GAIN_OVER_DEFAULT, prefer_default
+    from engine.autotune.measure import Timing
+
+    near = [
+        Timing("winograd_f4x4_3x3", 1.0),
+        Timing("im2col_gemm", 1.0 * MIN_GAIN_OVER_DEFAULT - 0.01),
+    ]
+    assert prefer_default(near, "im2col_gemm")
+    assert [t.name for t in near] == ["im2col_gemm", "winograd_f4x4_3x3"]
+    clear = [Timing("winograd_f4x4_3x3", 1.0), Timing("im2col_gemm", 1.5)]
+    assert not prefer_default(clear, "im2col_gemm")
+    assert clear[0].name == "winograd_f4x4_3x3"
+    missing = [Timing("winograd_f4x4_3x3", 1.0)]  # the default was rejected
+    assert not prefer_default(missing, "im2col_gemm")
