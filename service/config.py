@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     autotune_mode: Literal["off", "readonly", "tune-missing", "force"] = Field(
         "tune-missing", description="what the autotuner does at load"
     )
+    allow_tf32: bool = Field(
+        False, description="on a GPU, let the tuner offer TF32 GEMMs (faster, changes numerics)"
+    )
+    cuda_graphs: bool = Field(
+        True, description="on a GPU, replay each batch bucket as a CUDA graph where it is faster"
+    )
 
     # Limits (RELIABILITY.md "Defaults to ship").
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="request body limit; 413")

@@ -40,6 +40,8 @@ def load_engine_model(settings: Settings) -> Any:
         batch_sizes=settings.effective_batch_sizes,
         autotune_cache=str(settings.autotune_cache) if settings.autotune_cache else None,
         autotune_mode=settings.autotune_mode,
+        allow_tf32=settings.allow_tf32,
+        cuda_graphs=settings.cuda_graphs,
     )
 
 
@@ -158,7 +160,7 @@ class Runtime:
             self.lifecycle.set_failed(f"model failed to load: {exc}")
             return
         if self.model.device == "cuda":
-            self.metrics.bind_gpu_memory(*_gpu_memory_probes())
+            self.metrics.bind_gpu_memory(*_gpu_memory_probes(self.model.backend))
         self.lifecycle.set_ready()
 
     async def stop(self) -> None:
@@ -202,8 +204,12 @@ class Runtime:
             gone.cancel()
 
 
-def _gpu_memory_probes() -> tuple[Callable[[], float], Callable[[], float]]:
-    import cupy  # only reached when the engine runs on a GPU
+def _gpu_memory_probes(backend) -> tuple[Callable[[], float], Callable[[], float]]:
+    """Device bytes in use and in total, read from the engine's plain memory stats."""
 
-    total = float(cupy.cuda.Device().mem_info[1])
-    return (lambda: float(cupy.get_default_memory_pool().used_bytes())), (lambda: total)
+    def used() -> float:
+        memory = backend.memory()
+        return float(memory["device_total_bytes"] - memory["device_free_bytes"])
+
+    total = float(backend.memory()["device_total_bytes"])
+    return used, (lambda: total)
