@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from tests.processes import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_LINE = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -84,15 +85,9 @@ class Server:
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it does not exit; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 def start(model: Path, log_path: Path, *flags: str, faults=()) -> Server:

@@ -6,7 +6,6 @@ import contextlib
 import io
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 import engine
+from tests.processes import terminate
 from tests.service.models import write_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,13 +90,7 @@ class Server:
         return httpx.get(self.url + "/metrics", timeout=5).text
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
 
 
