@@ -132,10 +132,13 @@ class Model:
         missing = sorted(set(names) - set(feeds))
         if missing:
             raise InputShapeError(f"missing inputs: {missing}")
-        key = tuple((n, tuple(np.shape(feeds[n]))) for n in names)
-        if key not in self.plans:
-            self._add_plan(key, {n: tuple(np.shape(feeds[n])) for n in names})
-        plan = self.plans[key]
+        if len(names) == 1:  # the same key as the batch buckets: a bucket's plan is reused
+            plan = self._plan(tuple(np.shape(feeds[names[0]])))
+        else:
+            key = tuple((n, tuple(np.shape(feeds[n]))) for n in names)
+            if key not in self.plans:
+                self._add_plan(key, {n: tuple(np.shape(feeds[n])) for n in names})
+            plan = self.plans[key]
         for name in names:
             self.backend.copy_to(
                 plan.inputs[name], np.asarray(feeds[name], plan.inputs[name].dtype)

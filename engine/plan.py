@@ -54,6 +54,7 @@ class Plan:
         for info in graph.inputs:
             value = self.values[info.name]
             self.inputs[info.name] = backend.zeros(shape_of(value), value.dtype)
+        self._env = {**self.constants, **self.inputs}  # value name -> array, for execute
         self._allocate()
 
     # planning -------------------------------------------------------------------------------
@@ -158,13 +159,17 @@ class Plan:
         return slot[: nbytes(value)].view(value.dtype).reshape(shape_of(value))
 
     # running --------------------------------------------------------------------------------
-    def execute(self) -> list:
-        """Run every step on the staged inputs; returns the device arrays of the graph outputs."""
-        env = dict(self.constants)
-        env.update(self.inputs)
+    def execute(self, run_step=None) -> list:
+        """Run every step on the staged inputs; returns the device arrays of the graph outputs.
+
+        ``run_step(step, ins) -> outs`` replaces the plain ``step.op.run`` (e.g. to time each
+        step). The value table is kept between calls: each call rewrites every entry it reads.
+        """
+        env = self._env
         for step in self.steps:
             ins = [env[name] if name else None for name in step.inputs]
-            env.update(zip(step.outputs, step.op.run(ins, step.buffers)))
+            outs = step.op.run(ins, step.buffers) if run_step is None else run_step(step, ins)
+            env.update(zip(step.outputs, outs))
         return [env[name] for name in self.outputs]
 
     def conv_steps(self) -> list[Step]:

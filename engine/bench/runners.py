@@ -126,18 +126,20 @@ def profile(model, x) -> dict[str, float]:
     plan = model._plan((model.bucket_for(len(x)), *x.shape[1:]))
     backend, totals = model.backend, defaultdict(float)
     model.backend.copy_to(plan.inputs[model.input_name][: len(x)], x)
-    env = {**plan.constants, **plan.inputs}
-    for step in plan.steps:
-        ins = [env[name] if name else None for name in step.inputs]
+
+    def timed_step(step, ins):
         choice = getattr(step.op, "choice", None)
         threaded = choice is not None and hasattr(choice.algorithm, "parts")
         inner = _instrument(backend, choice.algorithm, totals) if choice and not threaded else ()
         start = backend.now()
-        env.update(zip(step.outputs, step.op.run(ins, step.buffers)))
+        outs = step.op.run(ins, step.buffers)
         seconds = backend.now() - start
         for obj, attr in inner:
             delattr(obj, attr)
         totals[_category(step.op.ctx.node, choice, threaded)] += seconds
+        return outs
+
+    plan.execute(timed_step)
     totals["GEMM + transforms"] -= totals["gather"] + totals["epilogue"]
     return dict(totals)
 
