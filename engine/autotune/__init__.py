@@ -73,7 +73,7 @@ class Autotuner:
         mode: str = "tune-missing",
         allow_tf32: bool = False,
         budget_s: float = 0.05,
-        max_repeats: int = 7,
+        max_repeats: int = 50,
     ):
         if mode not in MODES:
             raise ValueError(f"autotune mode must be one of {MODES}, got {mode!r}")

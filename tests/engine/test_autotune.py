@@ -362,3 +362,33 @@ def test_default_kept_unless_a_candidate_clearly_beats_it():
     assert clear[0].name == "winograd_f4x4_3x3"
     missing = [Timing("winograd_f4x4_3x3", 1.0)]  # the default was rejected
     assert not prefer_default(missing, "im2col_gemm")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("512K\n", 512 << 10), ("1M", 1 << 20), ("2097152", 2 << 20), ("", None), ("0K", None),
+     ("lots", None)],
+)  # fmt: skip
+def test_l2_size_read_from_sysfs_text(tmp_path, text, expected):
+    from engine.autotune.measure import DEFAULT_L2_BYTES, l2_bytes
+
+    path = tmp_path / "size"
+    path.write_text(text)
+    assert l2_bytes(str(path)) == (expected or DEFAULT_L2_BYTES)
+    assert l2_bytes(str(tmp_path / "absent")) == DEFAULT_L2_BYTES
+
+
+def test_cpu_timing_starts_from_evicted_caches():
+    """Every timed CPU run is preceded by writing twice the L2 size on every core."""
+    from engine.autotune.measure import CacheEvictor, Trial, l2_bytes
+    from engine.backends import resolve_backend
+    from engine.conv import ALGORITHMS, ConvSpec
+
+    spec = ConvSpec(n=1, c=4, h=6, w=6, k=4, r=3, s=3, pads=(1, 1, 1, 1))
+    trial = Trial(resolve_backend("cpu"), spec)
+    assert isinstance(trial.evict, CacheEvictor)
+    assert all(part.nbytes >= 2 * l2_bytes() for part in trial.evict.parts)
+    before = [part[0] for part in trial.evict.parts]
+    weight = np.random.default_rng(1).standard_normal((4, 4, 3, 3)).astype(np.float32)
+    trial.run(ALGORITHMS["im2col_gemm"](spec, weight, None, trial.backend))
+    assert [part[0] for part in trial.evict.parts] == [b + 1 for b in before]
