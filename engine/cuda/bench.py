@@ -104,14 +104,21 @@ def relative(y, reference) -> float:
 
 def precision_errors(model, x) -> dict[str, float]:
     """The whole net's output error with every float32 GEMM at TF32 / FP16, against FP32
-    (measured, not claimed; eager, so that each mode applies to every GEMM)."""
+    (measured, not claimed; eager, so that each mode applies to every GEMM). The GEMMs go
+    through the direct cuBLAS path, which takes the compute type per call: CuPy's own float32
+    GEMMs ignore FP16 and, when batched, TF32 too."""
+    from engine.cuda.cublas import Cublas
+    from engine.cuda.graphs import direct_gemms_while_capturing
     from engine.cuda.precision import gemm_math
 
     cupy = model.backend.xp
     fp32 = model(x)
     errors = {}
     for mode in ("tf32", "fp16"):
-        with gemm_math(cupy, mode):
+        with (
+            gemm_math(cupy, mode),
+            direct_gemms_while_capturing(cupy, Cublas.shared(cupy), always=True),
+        ):
             errors[mode] = relative(model(x), fp32)
     return errors
 

@@ -6,7 +6,9 @@ routine) first rebind the handle to the current stream through their ``setStream
 ``NotImplementedError`` whenever that stream is capturing (CuPy issue #6290). cuBLAS itself
 supports capture. So during capture the engine calls ``cublasGemmStridedBatchedEx`` here, on
 the same library and handle CuPy loaded, after binding the handle to the capturing stream with
-``cublasSetStream_v2`` and giving it a fixed workspace (no allocation inside the graph).
+``cublasSetStream_v2`` and giving it a fixed workspace (no allocation inside the graph). The
+workspace is set again after every ``cublasSetStream_v2``: that call resets it to cuBLAS's own
+default pool (so does CuPy's ``setStream`` before each of its calls).
 
 Row-major to column-major: C = A @ B (row-major) is C^T = B^T A^T in cuBLAS's column-major
 terms, so B is passed as the first operand and A as the second, each with its row stride as
@@ -16,7 +18,6 @@ the leading dimension; a transposed view (unit row stride) is passed with CUBLAS
 from __future__ import annotations
 
 import ctypes
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,21 +29,20 @@ GEMM_DEFAULT = -1
 COMPUTE_TYPES = {"fp32": 68, "tf32": 77, "fp16": 74}  # 32F, 32F_FAST_TF32, 32F_FAST_16F
 #: NVIDIA's recommended cuBLAS workspace on Hopper
 WORKSPACE_BYTES = 32 << 20
-_LIBRARY = re.compile(r"/libcublas\.so(\.\d+)*$")
 
 
 class CublasError(RuntimeError):
     """A cuBLAS call returned a non-zero status, or a GEMM is not of a supported form."""
 
 
-def loaded_cublas_path() -> str:
-    """The libcublas this process already loaded (CuPy's): its handles are only valid there."""
-    with open("/proc/self/maps", encoding="utf-8") as maps:
-        for line in maps:
-            path = line.split()[-1]
-            if _LIBRARY.search(path):
-                return path
-    raise CublasError("libcublas is not loaded in this process (create a CuPy cuBLAS handle)")
+def linked_library(module_path: str) -> ctypes.CDLL:
+    """The shared object at ``module_path`` (CuPy's cuBLAS extension); a symbol looked up in it
+    resolves in the libraries it is linked against (dlsym searches an object's dependencies).
+
+    So the cuBLAS functions come from the very libcublas CuPy's handle was created by, even when
+    the process holds another one (a PyTorch wheel built for another CUDA major version, say):
+    a handle from one libcublas passed to another is undefined behaviour."""
+    return ctypes.CDLL(module_path)
 
 
 @dataclass(frozen=True)
@@ -94,26 +94,29 @@ class Cublas:
     def __init__(self, cupy):
         self.cupy = cupy
         self.handle = cupy.cuda.device.get_cublas_handle()  # loads libcublas if not yet
-        self.lib = ctypes.CDLL(loaded_cublas_path())
+        from cupy_backends.cuda.libs import cublas as cupy_cublas
+
+        self.lib = linked_library(cupy_cublas.__file__)
         self.workspace = cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)  # lives as long as we do
         for name in ("cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasGemmStridedBatchedEx",
                      "cublasGetPointerMode_v2", "cublasSetPointerMode_v2"):  # fmt: skip
             getattr(self.lib, name).restype = ctypes.c_int
         self._alpha, self._beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
-        # a fixed workspace: cuBLAS allocates nothing inside a graph (CuPy never resets it)
-        handle = ctypes.c_void_p(self.handle)
-        self.check(self.lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(address(self.workspace)),
-                                                  ctypes.c_size_t(WORKSPACE_BYTES)),
-                   "setWorkspace")  # fmt: skip
 
     def check(self, status: int, what: str) -> None:
         if status != 0:
             raise CublasError(f"{what} failed with cuBLAS status {status}")
 
     def bind(self, stream_ptr: int) -> None:
-        """Point the handle at ``stream_ptr``, scalars read from the host (no CuPy check)."""
+        """Point the handle at ``stream_ptr`` with our fixed workspace, scalars read from the
+        host (no CuPy check)."""
         handle = ctypes.c_void_p(self.handle)
         self.check(self.lib.cublasSetStream_v2(handle, ctypes.c_void_p(stream_ptr)), "setStream")
+        # after setStream, which resets the workspace to cuBLAS's default pool: a fixed one means
+        # cuBLAS allocates nothing inside a graph
+        self.check(self.lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(address(self.workspace)),
+                                                  ctypes.c_size_t(WORKSPACE_BYTES)),
+                   "setWorkspace")  # fmt: skip
         self.check(self.lib.cublasSetPointerMode_v2(handle, 0), "setPointerMode")  # host
 
     def matmul(self, a, b, out=None, math: str = "fp32"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 from engine.cuda.cublas import Cublas
@@ -45,13 +46,16 @@ class HoldingAllocator:
 
 
 @contextlib.contextmanager
-def direct_gemms_while_capturing(cupy, cublas: Cublas):
+def direct_gemms_while_capturing(cupy, cublas: Cublas, always: bool = False):
     """Inside the block, ``cupy.matmul`` on a capturing stream calls cuBLAS directly (at the
-    precision CuPy is set to); on any other stream, or with extra arguments, it is CuPy's own."""
+    precision CuPy is set to); on any other stream, or with extra arguments, it is CuPy's own.
+
+    ``always``: eager calls take the direct path too, so that every GEMM runs at CuPy's setting,
+    also where CuPy itself would not apply it (FP16 products on float32, batched GEMMs)."""
     eager = cupy.matmul
 
     def matmul(a, b, out=None, **kwargs):
-        if kwargs or not cupy.cuda.get_current_stream().is_capturing():
+        if kwargs or not (always or cupy.cuda.get_current_stream().is_capturing()):
             return eager(a, b, out=out, **kwargs)
         return cublas.matmul(a, b, out, math=current_math(cupy))
 
@@ -79,16 +83,18 @@ class GraphRunner:
         self.cupy = backend.xp
         self._stream = None
         self._cublas: Cublas | None = None
-        self.plans: dict[int, CapturedPlan | None] = {}
-        self.failures: dict[int, str] = {}
+        # keyed by the plan itself, held weakly: a model drops plans of unplanned shapes, and a
+        # new plan must never find a dead one's graph (an id() can be reused)
+        self.plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.failures: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def execute(self, plan) -> list:
         """Like ``plan.execute()``; the first call of each plan decides graph or eager."""
         if not self.enabled:
             return plan.execute()
-        if id(plan) not in self.plans:
-            self.plans[id(plan)] = self.prepare(plan)
-        captured = self.plans[id(plan)]
+        if plan not in self.plans:
+            self.plans[plan] = self.prepare(plan)
+        captured = self.plans[plan]
         if captured is None:
             return plan.execute()
         captured.graph.launch(self.cupy.cuda.get_current_stream())
@@ -101,7 +107,7 @@ class GraphRunner:
         except Exception as error:  # any failure while capturing means "run this plan eagerly"
             if self.backend.is_out_of_memory(error):
                 raise
-            self.failures[id(plan)] = f"{type(error).__name__}: {error}"
+            self.failures[plan] = f"{type(error).__name__}: {error}"
             log.warning("CUDA graph capture failed, running this plan eagerly: %s", error)
             return None
         if captured.graph_ms >= captured.eager_ms:

@@ -6,6 +6,10 @@ CuPy selects the float32 GEMM's compute type process-wide (``cupy._core.set_comp
 ``CUPY_TF32=1`` at import); ``engine.cuda.cublas`` takes it per call. ``current_math`` reads
 CuPy's setting so that both paths agree, and ``allowed_math`` is the one place that turns the
 user's permissions into the precisions the autotuner may offer.
+
+CuPy honours that setting only partly (as its 14.x source reads): its 2-D float32 GEMM
+(``dot``) runs TF32 when asked but maps FP16 to plain FP32, and its batched float32 GEMM (3-D
+``matmul``) always runs FP32. Only the direct cuBLAS path applies every mode to every GEMM.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ def current_math(cupy) -> str:
 
 @contextlib.contextmanager
 def gemm_math(cupy, math: str):
-    """CuPy's float32 GEMMs (and the direct cuBLAS path) run at ``math`` inside the block."""
+    """The direct cuBLAS path runs at ``math`` inside the block, and so do CuPy's own 2-D
+    float32 GEMMs where CuPy applies it (TF32; see the module docstring)."""
     if math not in MATH_MODES:
         raise ValueError(f"GEMM precision must be one of {MATH_MODES}, got {math!r}")
     core = cupy._core

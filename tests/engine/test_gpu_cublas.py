@@ -5,11 +5,21 @@ float64 product, inside a real capture, and with the graph runner and streamed t
 from __future__ import annotations
 
 import ctypes
+import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from engine.cuda.cublas import OP_N, Cublas, CublasError
+from engine.cuda.cublas import (
+    COMPUTE_TYPES,
+    OP_N,
+    WORKSPACE_BYTES,
+    Cublas,
+    CublasError,
+    linked_library,
+)
+from engine.cuda.graphs import direct_gemms_while_capturing
 
 SHAPES = {  # name -> (a, b) builders from an rng; views as the engine passes them
     "plain": lambda r: (r((37, 19)), r((19, 23))),
@@ -43,12 +53,13 @@ class StandInCublas:
     """cublasGemmStridedBatchedEx as the cuBLAS documentation defines it, in NumPy."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.log = [], []  # GEMM shapes; every call's name and arguments, in order
 
     def cublasGemmStridedBatchedEx(self, handle, op_a, op_b, m, n, k, alpha, a, a_type, lda,
                                    stride_a, b, b_type, ldb, stride_b, beta, c, c_type, ldc,
                                    stride_c, batch, compute, algo):  # fmt: skip
         self.calls.append((op_a, op_b, m, n, k, lda, ldb, ldc, batch))
+        self.log.append(("cublasGemmStridedBatchedEx", (compute,)))
         assert lda >= (m if op_a == OP_N else k) and ldb >= (k if op_b == OP_N else n)
         assert ldc >= m
         for i in range(batch):
@@ -60,8 +71,10 @@ class StandInCublas:
             out[...] = product + beta_value * out if beta_value else product
         return 0
 
-    def __getattr__(self, name):  # setStream, setWorkspace, pointer mode: accepted
-        return lambda *args: 0
+    def __getattr__(self, name):  # setStream, setWorkspace, pointer mode: accepted, logged
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args: self.log.append((name, args)) or 0
 
 
 class Stream:
@@ -120,6 +133,90 @@ def test_refuses_what_it_cannot_express():
         cublas.matmul(rng((4, 3)), rng((3, 5)), np.empty((5, 4), np.float32).T)
 
 
+def test_every_gemm_runs_on_the_fixed_workspace():
+    """cublasSetStream resets a handle's workspace to cuBLAS's default pool (CuPy calls it
+    before each of its own GEMMs too): the fixed workspace must be set again after every stream
+    switch, or cuBLAS allocates inside a captured graph."""
+    rng = random(np.random.default_rng())
+    cublas, lib = stand_in_cublas()
+    for _ in range(2):
+        cublas.matmul(rng((8, 4)), rng((4, 6)))
+    names = [name for name, _ in lib.log]
+    gemms = [i for i, name in enumerate(names) if name == "cublasGemmStridedBatchedEx"]
+    assert len(gemms) == 2, names
+    for gemm in gemms:
+        stream = max(i for i in range(gemm) if names[i] == "cublasSetStream_v2")
+        assert "cublasSetWorkspace_v2" in names[stream:gemm], names
+    _, (_, pointer, size) = next(call for call in lib.log if call[0] == "cublasSetWorkspace_v2")
+    assert pointer.value == cublas.workspace.ctypes.data and size.value == WORKSPACE_BYTES
+
+
+def cupy_set_to(compute_type: int, eager_calls: list):
+    """A stand-in CuPy whose float32 GEMM compute type is ``compute_type`` (CuPy's numbering)."""
+    linalg = SimpleNamespace(COMPUTE_TYPE_FP16=3, COMPUTE_TYPE_FP32=4, COMPUTE_TYPE_TF32=7)
+    core = SimpleNamespace(_routines_linalg=linalg, get_compute_type=lambda dtype: compute_type)
+    stream = SimpleNamespace(ptr=0, is_capturing=lambda: False)
+
+    def matmul(a, b, out=None):
+        eager_calls.append((a.shape, b.shape))
+        return np.matmul(a, b, out=out)
+
+    cuda = SimpleNamespace(get_current_stream=lambda: stream)
+    return SimpleNamespace(cuda=cuda, _core=core, matmul=matmul, empty=np.empty)
+
+
+@pytest.mark.parametrize("cupy_type, math", [(3, "fp16"), (7, "tf32"), (1, "fp32")])
+def test_eager_gemms_can_take_the_direct_path_at_cupys_precision(cupy_type, math):
+    """``always=True`` (the benchmark's TF32/FP16 error): eager GEMMs, batched ones included,
+    go to cuBLAS with the compute type CuPy is set to, which CuPy itself applies only partly.
+    Without it, an eager GEMM stays CuPy's own."""
+    rng = random(np.random.default_rng())
+    a, b = rng((16, 37, 19)), rng((19, 23))
+    eager_calls = []
+    cupy = cupy_set_to(cupy_type, eager_calls)
+    cublas, lib = stand_in_cublas()
+    with direct_gemms_while_capturing(cupy, cublas, always=True):
+        got = cupy.matmul(a, b)
+    np.testing.assert_allclose(got, np.matmul(a, b), rtol=1e-5, atol=1e-5)
+    computes = [args[0] for name, args in lib.log if name == "cublasGemmStridedBatchedEx"]
+    assert computes == [COMPUTE_TYPES[math]] and not eager_calls
+    with direct_gemms_while_capturing(cupy, cublas):  # not capturing: CuPy's own
+        cupy.matmul(a, b)
+    assert len(eager_calls) == 1 and len(lib.calls) == 1
+
+
+STAND_IN_LIBRARY = 'extern "C" int which_library() { return %d; }'
+STAND_IN_EXTENSION = (
+    'extern "C" int which_library(); extern "C" int call() { return which_library(); }'
+)
+
+
+def test_cublas_comes_from_the_library_cupys_extension_links(tmp_path):
+    """With two copies of a library in the process (PyTorch's libcublas of another CUDA major
+    beside CuPy's), symbols looked up through CuPy's extension module come from the copy that
+    extension is linked against: CuPy's handle is only valid there."""
+    from tests.engine.cuda_emulator import compiler
+
+    if compiler() is None:
+        pytest.skip("no host C++ compiler")
+
+    def build(name: str, code: str, *flags: str):
+        (tmp_path / f"{name}.cpp").write_text(code)
+        output = tmp_path / name
+        subprocess.run([compiler(), "-shared", "-fPIC", "-o", str(output),
+                        str(tmp_path / f"{name}.cpp"), *flags], check=True)  # fmt: skip
+        return output
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "linked").mkdir()
+    other = build("other/libstandin.so.12", STAND_IN_LIBRARY % 12, "-Wl,-soname,libstandin.so.12")
+    build("linked/libstandin.so.13", STAND_IN_LIBRARY % 13, "-Wl,-soname,libstandin.so.13")
+    extension = build("extension.so", STAND_IN_EXTENSION, f"-L{tmp_path / 'linked'}",
+                      "-l:libstandin.so.13", f"-Wl,-rpath,{tmp_path / 'linked'}")  # fmt: skip
+    assert ctypes.CDLL(str(other)).which_library() == 12  # loaded first, like PyTorch's
+    assert linked_library(str(extension)).which_library() == 13
+
+
 # on a GPU --------------------------------------------------------------------------------
 
 
@@ -150,6 +247,7 @@ def test_gemm_inside_a_captured_graph(cuda_backend):
         out += 1
         graph = stream.end_capture()
     a[...] = cupy.asarray(rng((64, 48)))  # the replay reads the new values
+    stream.wait_event(cupy.cuda.get_current_stream().record())  # a non-blocking stream
     graph.launch(stream)
     stream.synchronize()
     expected = cupy.asnumpy(a) @ cupy.asnumpy(b) + 1
