@@ -105,10 +105,18 @@ class GraphRunner:
         try:
             captured = self.capture(plan)
         except Exception as error:  # any failure while capturing means "run this plan eagerly"
+            # a failure inside the capture invalidates it, and ending it then raises again:
+            # the first error (the cause worth reporting, or an out-of-memory) is the context
+            first = error.__context__ or error
+            if self.backend.is_out_of_memory(first):
+                raise first from None
             if self.backend.is_out_of_memory(error):
                 raise
-            self.failures[plan] = f"{type(error).__name__}: {error}"
-            log.warning("CUDA graph capture failed, running this plan eagerly: %s", error)
+            reason = " after ".join(
+                dict.fromkeys(f"{type(e).__name__}: {e}" for e in (error, first))
+            )
+            self.failures[plan] = reason
+            log.warning("CUDA graph capture failed, running this plan eagerly: %s", reason)
             return None
         if captured.graph_ms >= captured.eager_ms:
             log.info("graph replay %.3f ms >= eager %.3f ms: eager", captured.graph_ms,

@@ -1,10 +1,12 @@
 """GraphRunner's bookkeeping, with capture replaced by a stand-in (no GPU needed): a plan's graph
-lives exactly as long as the plan."""
+lives exactly as long as the plan, and a failed capture says why (or lets out-of-memory out)."""
 
 from __future__ import annotations
 
 import gc
 from types import SimpleNamespace
+
+import pytest
 
 from engine.cuda.graphs import CapturedPlan, GraphRunner
 
@@ -44,3 +46,37 @@ def test_a_dropped_plan_drops_its_graph():
     second = Plan("second")
     assert runner.execute(second) == ["graph of second"]
     assert runner.info()["graphs"] == 1
+
+
+def failing_capture(first: BaseException):
+    """A capture whose plan raises ``first``; ending the invalidated capture then raises too."""
+
+    def capture(plan):
+        try:
+            raise first
+        finally:
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated")
+
+    return capture
+
+
+def test_a_failed_capture_reports_the_first_error_and_runs_eagerly():
+    runner = stand_in_runner()
+    runner.backend.is_out_of_memory = lambda error: isinstance(error, MemoryError)
+    runner.capture = failing_capture(NotImplementedError("cuBLAS call while capturing"))
+    del runner.prepare  # the real one, around the failing capture
+    plan = Plan("p")
+    assert runner.execute(plan) == ["eager p"]
+    assert runner.execute(plan) == ["eager p"]  # decided once
+    (reason,) = runner.info()["failures"]
+    assert "NotImplementedError: cuBLAS call while capturing" in reason
+    assert "cudaErrorStreamCaptureInvalidated" in reason
+
+
+def test_out_of_memory_inside_a_capture_is_not_swallowed():
+    runner = stand_in_runner()
+    runner.backend.is_out_of_memory = lambda error: isinstance(error, MemoryError)
+    runner.capture = failing_capture(MemoryError("out of memory allocating 1 GiB"))
+    del runner.prepare
+    with pytest.raises(MemoryError):
+        runner.execute(Plan("p"))
