@@ -38,6 +38,8 @@ class StreamedRunner:
     """Runs a CUDA model over a stream of batches with copies overlapped with compute.
 
     ``execute`` runs one plan (``GraphRunner.execute`` for graph replay, or ``plan.execute``).
+    While ``map`` is being consumed, the next batch is already running on the model's buffers:
+    nothing else may run the model until the iteration ends (the last result synchronises).
     """
 
     SLOTS_PER_BUCKET = 2

@@ -285,7 +285,10 @@ def test_streamed_batches_match_one_by_one(cuda_backend, cifar_path):
     rng = np.random.default_rng()
     batches = [rng.standard_normal((n, 3, 32, 32)).astype(np.float32) for n in (8, 3, 8, 1, 8)]
     runner = StreamedRunner(model, model.backend.execute)
-    for got, x in zip(runner.map(batches), batches, strict=True):
+    # every batch first: while map() runs, its next batch is in flight on the model's buffers,
+    # and a model(x) between two of its yields would race with it
+    streamed = list(runner.map(batches))
+    for got, x in zip(streamed, batches, strict=True):
         np.testing.assert_allclose(got, model(x), rtol=1e-5, atol=1e-5)
 
 
