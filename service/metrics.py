@@ -107,10 +107,10 @@ class Metrics:
     def bind_gpu_memory(
         self, used_bytes: Callable[[], float], total_bytes: Callable[[], float]
     ) -> None:
-        """On a GPU only: device memory held by the engine, and the device's total."""
+        """On a GPU only: device memory in use (by anything on the device), and its total."""
         used = Gauge(
             "gemmserve_gpu_memory_used_bytes",
-            "GPU memory held by the engine's memory pool",
+            "GPU memory in use on the device (total minus free: all processes and contexts)",
             registry=self.registry,
         )
         total = Gauge(
