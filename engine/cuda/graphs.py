@@ -129,6 +129,7 @@ class GraphRunner:
         cupy = self.cupy
         if self._stream is None:
             self._stream = cupy.cuda.Stream(non_blocking=True)
+        if self._cublas is None:  # apart: if this fails, every later capture says why again
             self._cublas = Cublas.shared(cupy)
         current, stream = cupy.cuda.get_current_stream(), self._stream
         stream.wait_event(current.record())  # the staged inputs are on the current stream
