@@ -22,6 +22,7 @@ THREADS_PER_BLOCK = 256
 #: enough blocks to fill any current GPU; the kernels' grid-stride loops cover the rest
 MAX_BLOCKS = 1 << 16
 _INCLUDE = re.compile(r'^#include "([\w.]+\.cuh)"$', re.MULTILINE)
+_KERNEL = re.compile(r'extern "C" __global__ void (\w+)\(')
 
 
 def kernel_source(name: str) -> str:
@@ -31,6 +32,13 @@ def kernel_source(name: str) -> str:
     text = files.joinpath(name).read_text(encoding="utf-8")
     inline = lambda m: files.joinpath(m.group(1)).read_text(encoding="utf-8")  # noqa: E731
     return _INCLUDE.sub(inline, text)
+
+
+def shipped_kernels() -> list[tuple[str, str]]:
+    """(source file, kernel name) of every kernel in ``engine/kernels``."""
+    sources = sorted(p.name for p in resources.files("engine.kernels").iterdir())
+    return [(source, name) for source in sources if source.endswith(".cu")
+            for name in _KERNEL.findall(kernel_source(source))]  # fmt: skip
 
 
 def import_cupy():
@@ -93,6 +101,7 @@ class CupyBackend(Backend):
         self._kernels: dict[str, object] = {}
         self._staging: dict[int, tuple] = {}  # destination address -> (pinned bytes, copy event)
         self.graphs = GraphRunner(self, enabled=cuda_graphs)
+        self.compile_kernels()
 
     def execute(self, plan) -> list:
         """Graph replay where capture succeeded and is faster, eager execution otherwise."""
@@ -103,6 +112,14 @@ class CupyBackend(Backend):
         if name not in self._kernels:
             self._kernels[name] = self.xp.RawKernel(kernel_source(source), name)
         return self._kernels[name]
+
+    def compile_kernels(self) -> None:
+        """Compile every kernel now (NVRTC, or CuPy's on-disk cache) instead of at its first
+        launch: the autotuner's first run of a candidate is timed, and a first NVRTC compile
+        (hundreds of ms on a fresh machine) would rule out the candidate that launches it first
+        (Winograd's or depthwise's own kernels), for good in the autotune cache."""
+        for source, name in shipped_kernels():
+            self.kernel(source, name).compile()
 
     def launch(self, source: str, name: str, total: int, args: tuple) -> None:
         if total > 0:

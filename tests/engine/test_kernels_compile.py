@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.backends.cupy_backend import kernel_source
+from engine.backends.cupy_backend import CupyBackend, kernel_source
 from tests.engine.cuda_emulator import KERNEL_DIR, kernels_in
 
 ENGINE_DIR = KERNEL_DIR.parent
@@ -121,3 +121,23 @@ def test_headers_are_shipped():
         for header in re.findall(r'#include "([\w.]+)"', (KERNEL_DIR / source).read_text()):
             assert (KERNEL_DIR / header).exists(), header
             assert f"kernels/*{Path(header).suffix}" in pyproject, f"{header} not in package-data"
+
+
+def test_backend_compiles_every_kernel_before_any_launch():
+    """CupyBackend compiles all kernels when it is made, so that no NVRTC compile lands inside
+    a timed autotune run (stand-in RawKernel: no GPU needed)."""
+    compiled = []
+
+    class RawKernel:
+        def __init__(self, code: str, name: str):
+            self.code, self.name = code, name
+
+        def compile(self):
+            assert f" {self.name}(" in self.code
+            compiled.append(self.name)
+
+    backend = CupyBackend.__new__(CupyBackend)
+    backend.xp, backend._kernels = type("StandInCupy", (), {"RawKernel": RawKernel}), {}
+    backend.compile_kernels()
+    defined = {name for source in SOURCES for name in kernels_in(kernel_source(source))}
+    assert sorted(compiled) == sorted(defined) and len(defined) >= 6
