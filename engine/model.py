@@ -143,7 +143,9 @@ class Model:
             self.backend.copy_to(
                 plan.inputs[name], np.asarray(feeds[name], plan.inputs[name].dtype)
             )
-        return [self.backend.to_host(y).copy() for y in plan.execute()]
+        with self.backend.compute_scope():
+            outputs = plan.execute()
+        return [self.backend.to_host(y).copy() for y in outputs]
 
     def warmup(self) -> list[dict]:
         """Run each bucket once on random data; returns each bucket's time."""
@@ -178,6 +180,7 @@ class Model:
                         for o in self.graph.outputs[:1]],
             "device": self.device,
             "backend": self.backend.name,
+            "cpu_threading": getattr(self.backend, "cpu_threading", None),
             "batch_sizes": list(self.batch_sizes),
             "opset": self.graph.opset,
             "layers": layers,
@@ -194,12 +197,15 @@ def load_model(
     allow_tf32: bool = False,
     name: str | None = None,
     cuda_graphs: bool = True,
+    cpu_threading: str = "blas",
 ) -> Model:
     """Load an ONNX model and plan it for every batch bucket on ``device`` (cpu, cuda or auto).
 
     ``cuda_graphs``: on a GPU, replay each bucket's forward pass as a CUDA graph where capture
-    works and is faster (eager otherwise); ignored on the CPU."""
-    backend = resolve_backend(device, cuda_graphs=cuda_graphs)
+    works and is faster (eager otherwise); ignored on the CPU. ``cpu_threading``: on the CPU,
+    ``"blas"`` lets BLAS thread each GEMM, ``"engine"`` keeps BLAS on one thread and splits
+    work across the cores itself (better next to other busy threads; see engine.threads)."""
+    backend = resolve_backend(device, cuda_graphs=cuda_graphs, cpu_threading=cpu_threading)
     graph = load_graph(path)
     tuner = Autotuner(backend, autotune_cache, autotune_mode, allow_tf32=allow_tf32)
     optimize(graph, NumpyBackend(), Autotuner(NumpyBackend(), None, "off"))

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(
         True, description="on a GPU, replay each batch bucket as a CUDA graph where it is faster"
     )
+    cpu_threading: Literal["engine", "blas"] = Field(
+        "engine",
+        description="on the CPU, engine: BLAS on one thread, the engine splits work per core "
+        "(less CPU per request next to the HTTP threads); blas: BLAS threads each GEMM",
+    )
 
     # Limits (RELIABILITY.md "Defaults to ship").
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="request body limit; 413")

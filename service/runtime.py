@@ -42,6 +42,7 @@ def load_engine_model(settings: Settings) -> Any:
         autotune_mode=settings.autotune_mode,
         allow_tf32=settings.allow_tf32,
         cuda_graphs=settings.cuda_graphs,
+        cpu_threading=settings.cpu_threading,
     )
 
 

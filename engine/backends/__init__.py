@@ -19,13 +19,16 @@ def cuda_available() -> bool:
     return True
 
 
-def resolve_backend(device: str = "cpu", cuda_graphs: bool = True) -> Backend:
+def resolve_backend(
+    device: str = "cpu", cuda_graphs: bool = True, cpu_threading: str = "blas"
+) -> Backend:
     """``cpu`` -> NumPy; ``cuda`` -> CuPy (or DeviceUnavailableError, never a quiet CPU fallback);
-    ``auto`` -> CuPy when a GPU is visible, else NumPy. ``cuda_graphs`` only matters on CuPy."""
+    ``auto`` -> CuPy when a GPU is visible, else NumPy. ``cuda_graphs`` only matters on CuPy,
+    ``cpu_threading`` only on NumPy."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cpu" or (device == "auto" and not cuda_available()):
-        return NumpyBackend()
+        return NumpyBackend(cpu_threading)
     from engine.backends.cupy_backend import CupyBackend
 
     return CupyBackend(cuda_graphs=cuda_graphs)

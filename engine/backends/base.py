@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -77,9 +78,15 @@ class Backend:
         )
         cols[...] = self.xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
 
+    def compute_scope(self):
+        """The context every forward pass and every timed tuning run of this backend runs in
+        (the CPU backend holds BLAS to one thread in it when the engine does the threading)."""
+        return contextlib.nullcontext()
+
     def execute(self, plan) -> list:
         """Run a plan's steps (a GPU backend may replay them as a captured CUDA graph)."""
-        return plan.execute()
+        with self.compute_scope():
+            return plan.execute()
 
     def epilogue(self, y2d, bias, epilogue) -> None:
         """Add ``bias`` (K,) or None to the (rows, K) ``y2d`` and apply ``epilogue``'s

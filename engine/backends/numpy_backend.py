@@ -8,6 +8,7 @@ import platform
 import numpy as np
 
 from engine.backends.base import Backend
+from engine.threads import blas_scope, cpu_cores
 
 _ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile")
 
@@ -46,9 +47,18 @@ def _blas_threads() -> int:
 
 
 class NumpyBackend(Backend):
+    """NumPy arrays; ``cpu_threading`` is ``"blas"`` or ``"engine"`` (see engine.threads)."""
+
     name = "numpy"
     device = "cpu"
     xp = np
+
+    def __init__(self, cpu_threading: str = "blas"):
+        blas_scope(cpu_threading)  # refuses an unknown value here, not at the first call
+        self.cpu_threading = cpu_threading
+
+    def compute_scope(self):
+        return blas_scope(self.cpu_threading)
 
     def fingerprint(self) -> dict:
         model, flags = _cpu_model_and_flags()
@@ -58,5 +68,7 @@ class NumpyBackend(Backend):
             "isa": flags,
             "blas": _blas_library(),
             "threads": _blas_threads(),
+            "cores": cpu_cores(),
+            "cpu_threading": self.cpu_threading,
             "numpy": np.__version__,
         }

@@ -48,6 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--cache", help="autotune cache file (default: a fresh one in a temp dir)")
     parser.add_argument("--min-time-s", type=float, default=2.0, help="timing per measurement")
+    threading = "CPU only: blas threads each GEMM, engine splits work per core (the service's)"
+    parser.add_argument(
+        "--cpu-threading", default="blas", choices=("blas", "engine"), help=threading
+    )
     args = parser.parse_args(argv)
     default_batches = "1,2,4,8,16,32,64,128,256" if args.device == "cuda" else "1,8,32,128"
     args.batch_sizes = tuple(int(b) for b in (args.batch_sizes or default_batches).split(","))
@@ -79,8 +83,9 @@ def measure_batch(path: Path, model_proto, batch: int, args, cache: str) -> dict
 
     chw = NETS[model_proto.graph.name][1]
     x = np.random.default_rng(batch).standard_normal((batch, *chw), dtype=np.float32)
-    tuned = load_model(path, args.device, (batch,), autotune_cache=cache)
-    plain = load_model(path, args.device, (batch,), autotune_mode="off")
+    threading = {"cpu_threading": args.cpu_threading}
+    tuned = load_model(path, args.device, (batch,), autotune_cache=cache, **threading)
+    plain = load_model(path, args.device, (batch,), autotune_mode="off", **threading)
     runners = {"engine tuned": tuned, "engine untuned": plain,
                "onnxruntime": onnxruntime_session(model_proto.SerializeToString()),
                "PyTorch eager": torch_eager(model_proto)}  # fmt: skip

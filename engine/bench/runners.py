@@ -139,7 +139,8 @@ def profile(model, x) -> dict[str, float]:
         totals[_category(step.op.ctx.node, choice, threaded)] += seconds
         return outs
 
-    plan.execute(timed_step)
+    with backend.compute_scope():
+        plan.execute(timed_step)
     totals["GEMM + transforms"] -= totals["gather"] + totals["epilogue"]
     return dict(totals)
 

@@ -9,13 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-import engine.conv.parallel as parallel_module
+import engine.threads as threads_module
 from engine.backends import NumpyBackend
 from engine.conv import ALGORITHMS, REFERENCE, Epilogue, candidates, default_algorithm
 from engine.conv.depthwise_direct import DepthwiseDirect
 from engine.conv.im2col_gemm_chunked import Im2colGemmChunked, plan_chunks
-from engine.conv.parallel import blas_libraries, cpu_cores
 from engine.conv.winograd import Winograd3x3
+from engine.threads import blas_libraries, cpu_cores
 from tests.engine.conv_cases import (
     EPILOGUES,
     SHAPES,
@@ -164,10 +164,10 @@ def test_blas_threads_restored_after_concurrent_parallel_calls():
 def test_cpu_cores_honours_a_cgroup_quota(tmp_path, monkeypatch, cpu_max, cap):
     path = tmp_path / "cpu.max"
     path.write_text(cpu_max)
-    monkeypatch.setattr(parallel_module, "CGROUP_CPU_MAX", str(path))
-    parallel_module.cpu_cores.cache_clear()
+    monkeypatch.setattr(threads_module, "CGROUP_CPU_MAX", str(path))
+    threads_module.cpu_cores.cache_clear()
     try:
         affinity = len(os.sched_getaffinity(0))
-        assert parallel_module.cpu_cores() == (min(affinity, cap) if cap else affinity)
+        assert threads_module.cpu_cores() == (min(affinity, cap) if cap else affinity)
     finally:
-        parallel_module.cpu_cores.cache_clear()
+        threads_module.cpu_cores.cache_clear()

@@ -157,3 +157,47 @@ def test_unreadable_model_is_a_load_error(tmp_path):
         load_model(path)
     with pytest.raises(ModelLoadError):
         load_model(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_engine_cpu_threading_matches_onnxruntime(cnn, n):
+    """BLAS on one thread and the engine's own per-core split: same answers as onnxruntime."""
+    model = load_model(cnn, batch_sizes=(1, 2, 8), cpu_threading="engine")
+    assert model.info()["cpu_threading"] == "engine"
+    x = np.random.default_rng(n).standard_normal((n, 3, 9, 11)).astype(np.float32)
+    assert rel_error(model(x), _reference(cnn, x)) < 1e-5
+
+
+@pytest.mark.parametrize("cpu_threading", ["engine", "blas"])
+def test_cpu_threading_decides_blas_threads_inside_a_pass(cnn, monkeypatch, cpu_threading):
+    from engine.threads import blas_libraries
+
+    libraries = blas_libraries()
+    if not libraries or max(lib.get_num_threads() for lib in libraries) < 2:
+        pytest.skip("needs a BLAS that threadpoolctl can see, with 2+ threads")
+    before = [lib.get_num_threads() for lib in libraries]
+    model = load_model(cnn, batch_sizes=(2,), cpu_threading=cpu_threading)
+    op = next(iter(model.plans.values())).steps[0].op
+    seen, run = [], op.run
+
+    def spy(*args):
+        seen.append([lib.get_num_threads() for lib in libraries])
+        return run(*args)
+
+    monkeypatch.setattr(op, "run", spy)
+    model(np.random.default_rng(3).standard_normal((2, 3, 9, 11)).astype(np.float32))
+    assert seen == [[1] * len(libraries) if cpu_threading == "engine" else before]
+    assert [lib.get_num_threads() for lib in libraries] == before
+
+
+def test_a_cache_tuned_under_one_cpu_threading_is_not_used_under_the_other(cnn, tmp_path):
+    cache = tmp_path / "tune.json"
+    load_model(cnn, batch_sizes=(2,), autotune_cache=cache, cpu_threading="blas")
+    other = load_model(cnn, batch_sizes=(2,), autotune_cache=cache, cpu_threading="engine")
+    assert other.info()["autotune"]["cache_status"] == "foreign"
+    assert other.info()["autotune"]["hits"] == 0
+
+
+def test_unknown_cpu_threading_is_refused(cnn):
+    with pytest.raises(ValueError, match="cpu_threading"):
+        load_model(cnn, batch_sizes=(1,), cpu_threading="openmp")

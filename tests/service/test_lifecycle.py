@@ -94,6 +94,7 @@ def test_model_that_fails_to_load_exits_with_one_line(tmp_path):
         ["--device", "tpu"],
         ["--max-queue", "0"],
         ["--allowed-formats", ""],
+        ["--cpu-threading", "openmp"],
     ],
 )
 def test_bad_flag_is_one_line_and_exit_2(model_dir, argv, capsys):
@@ -120,8 +121,10 @@ def test_environment_and_flags(model_dir, monkeypatch):
     monkeypatch.setenv("GEMMSERVE_MODEL", str(model_dir))
     monkeypatch.setenv("GEMMSERVE_MAX_QUEUE", "77")
     monkeypatch.setenv("GEMMSERVE_BATCH_SIZES", "1,4,2")
+    monkeypatch.setenv("GEMMSERVE_CPU_THREADING", "blas")
     settings = parse_settings(["--max-delay-ms", "0.5", "--max-batch-size", "3"])
     assert settings.max_queue == 77 and settings.max_delay_ms == 0.5
+    assert settings.cpu_threading == "blas"
     assert settings.batch_sizes == (1, 2, 4)
     assert settings.effective_batch_sizes == (1, 2, 3)  # nothing above --max-batch-size is planned
     assert settings.host == "127.0.0.1" and settings.port == 8000

@@ -60,6 +60,8 @@ def test_health_and_model(server):
     assert info["labels"][3] == "class-3"
     assert info["inputs"][0]["shape"][1:] == [3, 16, 16]
     assert info["service"]["max_batch_size"] == 32
+    # the service's default: BLAS on one thread, the engine's own per-core split
+    assert info["cpu_threading"] == "engine" == info["service"]["cpu_threading"]
     assert all("algorithm" in layer for layer in info["layers"])
     assert httpx.get(server.url + "/docs").status_code == 200
     assert "/predict" in httpx.get(server.url + "/openapi.json").json()["paths"]
