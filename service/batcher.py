@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -118,11 +118,12 @@ def _hand_back(items: list[_Item], results: list, exc: BaseException | None) -> 
 
 
 class Batcher:
-    """Owns the engine thread. ``setup`` runs on that thread and returns the batch function."""
+    """Owns the engine thread. ``setup`` runs on that thread and returns the batch function:
+    an (N, ...) array in, N per-image results out (rows of a fresh array, or any objects)."""
 
     def __init__(
         self,
-        setup: Callable[[], Callable[[np.ndarray], np.ndarray]],
+        setup: Callable[[], Callable[[np.ndarray], Sequence[Any]]],
         *,
         max_batch_size: int,
         max_queue: int,
@@ -131,7 +132,7 @@ class Batcher:
         observer: Observer | None = None,
     ):
         self._setup = setup
-        self._run_fn: Callable[[np.ndarray], np.ndarray] | None = None
+        self._run_fn: Callable[[np.ndarray], Sequence[Any]] | None = None
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self._max_delay_s = max_delay_ms / 1000.0
@@ -171,8 +172,8 @@ class Batcher:
 
     async def infer(
         self, batch: np.ndarray, deadline: float, give_up: asyncio.Future | None = None
-    ) -> np.ndarray:
-        """Run each image of ``batch`` (N, ...) and return the outputs stacked in order.
+    ) -> list:
+        """Run each image of ``batch`` (N, ...) and return its N results in order.
 
         Admission is all or nothing: a request that does not fit the queue is refused whole.
         ``deadline`` is a ``time.monotonic()`` instant. When ``give_up`` completes first (the
@@ -193,7 +194,7 @@ class Batcher:
             if not answered:
                 outputs.cancel()  # takes effect on the next loop turn
         if answered:
-            return np.stack(outputs.result())
+            return outputs.result()
         if give_up is not None and give_up.done():
             raise ClientDisconnected("the caller went away while its request was queued")
         raise DeadlineExceeded(f"no answer within the deadline ({len(items)} image(s))")
@@ -291,8 +292,7 @@ class Batcher:
         elapsed = time.monotonic() - started
         waits = tuple(started - item.enqueued for item in items)
         self._observer.on_batch(BatchStats(len(items), waits, elapsed))
-        # Copy: the engine may reuse its output buffer on the next call.
-        _hand_back(items, [np.array(row, copy=True) for row in y], None)
+        _hand_back(items, list(y), None)
 
     def _on_failure(self, items: list[_Item], exc: Exception) -> None:
         if len(items) == 1:

@@ -25,6 +25,7 @@ from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.modelspec import ModelSpec, load_spec, locate
 from service.multipart import MultipartLimits
+from service.results import Ranked, rank_batch
 
 log = logging.getLogger("gemmserve")
 
@@ -111,7 +112,7 @@ class Runtime:
 
     # ---- start and stop --------------------------------------------------------------------
 
-    def _setup(self) -> Callable[[np.ndarray], np.ndarray]:
+    def _setup(self) -> Callable[[np.ndarray], list[Ranked]]:
         """Runs on the engine thread: load, warm every bucket, self-test."""
         started = time.monotonic()
         model = self.model_factory(self.settings)
@@ -128,7 +129,7 @@ class Runtime:
         self.decoder = Decoder(spec, tuple(model.input_shape), limits_of(self.settings))
         elapsed_s = time.monotonic() - started
         log.info("model %s ready on %s in %.1f s", spec.name, model.device, elapsed_s)
-        return model
+        return lambda x: rank_batch(model(x), spec)
 
     def start(self) -> None:
         """Start the engine thread and the decode pool; readiness follows in the background."""
@@ -196,8 +197,9 @@ class Runtime:
 
     async def infer(
         self, request: Request, batch: np.ndarray, timeout_ms: float | None
-    ) -> np.ndarray:
-        """Queue ``batch``; if the client disconnects first, its images are dropped unrun."""
+    ) -> list[Ranked]:
+        """Queue ``batch``; one ranked output per image. If the client disconnects first, its
+        images are dropped unrun."""
         gone = asyncio.ensure_future(_wait_disconnect(request))
         try:
             return await self.batcher.infer(batch, self.deadline(timeout_ms), give_up=gone)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from service import SERVER_NAME, __version__
@@ -101,7 +102,8 @@ async def infer(
             parse_request, body, header_length, model.input_name, model.output_name
         )
         batch = await rt.blocking(rt.decoder.tensor, parsed.tensor)
-        outputs = await rt.infer(request, batch, parsed.timeout_ms)
+        ranked = await rt.infer(request, batch, parsed.timeout_ms)
+    outputs = np.stack([r.output for r in ranked])
     content, header_length = encode_response(parsed, rt.spec.name, model.output_name, outputs)
     if header_length is None:
         return Response(content, media_type="application/json")

@@ -104,7 +104,7 @@ def test_full_queue_refuses_at_once():
         with pytest.raises(QueueFullError):
             await batcher.infer(np.ones((1, 1), np.float32), deadline)
         release.set()
-        assert (await first).shape == (1, 1) and (await queued).shape == (3, 1)
+        assert np.shape(await first) == (1, 1) and np.shape(await queued) == (3, 1)
         expired = await asyncio.gather(
             batcher.infer(np.ones((1, 1), np.float32), time.monotonic() - 1),
             return_exceptions=True,
