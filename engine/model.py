@@ -197,14 +197,15 @@ def load_model(
     allow_tf32: bool = False,
     name: str | None = None,
     cuda_graphs: bool = True,
-    cpu_threading: str = "blas",
+    cpu_threading: str = "engine",
 ) -> Model:
     """Load an ONNX model and plan it for every batch bucket on ``device`` (cpu, cuda or auto).
 
     ``cuda_graphs``: on a GPU, replay each bucket's forward pass as a CUDA graph where capture
     works and is faster (eager otherwise); ignored on the CPU. ``cpu_threading``: on the CPU,
-    ``"blas"`` lets BLAS thread each GEMM, ``"engine"`` keeps BLAS on one thread and splits
-    work across the cores itself (better next to other busy threads; see engine.threads)."""
+    ``"engine"`` keeps BLAS on one thread and splits work across the cores itself (robust next
+    to other busy threads, e.g. a web server's), ``"blas"`` lets BLAS thread each GEMM (faster
+    for a process that only runs the model); see engine.threads."""
     backend = resolve_backend(device, cuda_graphs=cuda_graphs, cpu_threading=cpu_threading)
     graph = load_graph(path)
     tuner = Autotuner(backend, autotune_cache, autotune_mode, allow_tf32=allow_tf32)

@@ -2,14 +2,17 @@
 
 Two ways to use the cores (``load_model(cpu_threading=...)``):
 
+- ``"engine"`` (the default): BLAS stays on one thread for the whole forward pass, and only the
+  engine's own per-core work splits (the ``*_parallel`` and ``_bands`` algorithms) use the other
+  cores. In a server, OpenBLAS's idle threads spin for a while after every threaded GEMM, taking
+  the cores the event loop and the decoders need; measured under HTTP load this cut the CPU time
+  per request by 40% and raised throughput 1.13-1.39x (docs/PERFORMANCE.md).
 - ``"blas"``: BLAS runs each GEMM on its own threads; the batch-parallel conv algorithms hold it
-  to one thread while they split the batch across the engine's workers. Fastest for a process
-  that does nothing but run the model (benchmarks, offline batch jobs).
-- ``"engine"``: BLAS stays on one thread for the whole forward pass, and only the engine's own
-  per-core work splits (the ``*_parallel`` and ``_bands`` algorithms) use the other cores. In a
-  server, OpenBLAS's idle threads spin for a while after every threaded GEMM, taking the cores
-  the event loop and the decoders need; measured under HTTP load this halved the CPU time per
-  request (docs/PERFORMANCE.md). The service's default.
+  to one thread while they split the batch across the engine's workers. 10-25% faster for a
+  process that does nothing but run the model (benchmarks, offline batch jobs).
+
+The autotune cache records the policy in its device fingerprint: winners timed under one are
+not reused under the other.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache", required=True, help="autotune cache file to read and write")
     parser.add_argument("--mode", default="tune-missing", choices=MODES)
     parser.add_argument("--allow-tf32", action="store_true", help="offer TF32 GEMMs (GPU only)")
+    threading = "CPU only, as the service will run: engine (default) or blas"
+    parser.add_argument(
+        "--cpu-threading", default="engine", choices=("engine", "blas"), help=threading
+    )
     args = parser.parse_args(argv)
     args.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
     return args
@@ -100,6 +104,7 @@ def main(argv=None) -> int:
             autotune_cache=args.cache,
             autotune_mode=args.mode,
             allow_tf32=args.allow_tf32,
+            cpu_threading=args.cpu_threading,
         )
     except EngineError as error:
         print(f"python -m engine.autotune: {error}", file=sys.stderr)

@@ -20,7 +20,7 @@ def cuda_available() -> bool:
 
 
 def resolve_backend(
-    device: str = "cpu", cuda_graphs: bool = True, cpu_threading: str = "blas"
+    device: str = "cpu", cuda_graphs: bool = True, cpu_threading: str = "engine"
 ) -> Backend:
     """``cpu`` -> NumPy; ``cuda`` -> CuPy (or DeviceUnavailableError, never a quiet CPU fallback);
     ``auto`` -> CuPy when a GPU is visible, else NumPy. ``cuda_graphs`` only matters on CuPy,

@@ -47,13 +47,13 @@ def _blas_threads() -> int:
 
 
 class NumpyBackend(Backend):
-    """NumPy arrays; ``cpu_threading`` is ``"blas"`` or ``"engine"`` (see engine.threads)."""
+    """NumPy arrays; ``cpu_threading`` is ``"engine"`` or ``"blas"`` (see engine.threads)."""
 
     name = "numpy"
     device = "cpu"
     xp = np
 
-    def __init__(self, cpu_threading: str = "blas"):
+    def __init__(self, cpu_threading: str = "engine"):
         blas_scope(cpu_threading)  # refuses an unknown value here, not at the first call
         self.cpu_threading = cpu_threading
 

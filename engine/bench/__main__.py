@@ -48,9 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--cache", help="autotune cache file (default: a fresh one in a temp dir)")
     parser.add_argument("--min-time-s", type=float, default=2.0, help="timing per measurement")
-    threading = "CPU only: blas threads each GEMM, engine splits work per core (the service's)"
+    threading = "CPU only: engine splits work per core (the default), blas threads each GEMM"
     parser.add_argument(
-        "--cpu-threading", default="blas", choices=("blas", "engine"), help=threading
+        "--cpu-threading", default="engine", choices=("engine", "blas"), help=threading
     )
     args = parser.parse_args(argv)
     default_batches = "1,2,4,8,16,32,64,128,256" if args.device == "cuda" else "1,8,32,128"
