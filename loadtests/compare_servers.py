@@ -166,6 +166,30 @@ def engine_figures(url: str) -> tuple[float, float] | None:
     return images / batches, images / engine_s
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far, all threads (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(server: ServiceProcess, body: bytes, args) -> tuple[LoadResult, float | None]:
+    """The load's result, and the server's CPU milliseconds per answered request while recorded
+    (the server's whole process: event loop, decoders, engine, BLAS threads)."""
+    load = asyncio.ensure_future(
+        drive(server.port, body, args.connections, args.warmup_s, args.seconds)
+    )
+    await asyncio.sleep(args.warmup_s)
+    before = process_cpu_s(server.pid)
+    result = await load
+    after = process_cpu_s(server.pid)
+    if before is None or after is None or not result.requests:
+        return result, None
+    return result, 1000 * (after - before) / result.requests
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, AttributeError):  # no /proc/cpuinfo, or no model name
@@ -175,9 +199,7 @@ def machine() -> str:
     )
 
 
-def run_all(
-    args: argparse.Namespace, model_dir: Path
-) -> list[tuple[str, LoadResult, float | None]]:
+def run_all(args: argparse.Namespace, model_dir: Path) -> list[tuple]:
     x = np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)
     buffer = io.BytesIO()
     np.save(buffer, x, allow_pickle=False)
@@ -198,25 +220,26 @@ def run_all(
         if args.only and not any(o in name for o in args.only):
             continue
         with server:
-            result = asyncio.run(
-                drive(server.port, body, args.connections, args.warmup_s, args.seconds)
-            )
+            result, cpu_ms = asyncio.run(measure(server, body, args))
             figures = engine_figures(server.url) if "gemmserve" in name else None
-            rows.append((name, result, figures))
+            rows.append((name, result, cpu_ms, figures))
         print(f"  measured {name}: {result.throughput:.0f} req/s", file=sys.stderr)
     return rows
 
 
 def table(rows) -> str:
     lines = [
-        "| server | req/s | p50 ms | p99 ms | non-200 | mean batch | engine img/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| server | req/s | p50 ms | p99 ms | non-200 | CPU ms/req | mean batch | engine img/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r, figures in rows:
+    for name, r, cpu_ms, figures in rows:
         bad = sum(n for s, n in r.statuses.items() if s != 200)
         p50, p99 = r.percentile_ms(50), r.percentile_ms(99)
+        cpu = "" if cpu_ms is None else f"{cpu_ms:.2f}"
         engine = "| |" if figures is None else f"| {figures[0]:.1f} | {figures[1]:,.0f} |"
-        lines.append(f"| {name} | {r.throughput:,.0f} | {p50:.1f} | {p99:.1f} | {bad} {engine}")
+        lines.append(
+            f"| {name} | {r.throughput:,.0f} | {p50:.1f} | {p99:.1f} | {bad} | {cpu} {engine}"
+        )
     return "\n".join(lines)
 
 

@@ -16,19 +16,32 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+#: seconds of timed calls per function per round (after its one untimed call)
+BLOCK_S = 0.25
+
+
 def interleaved_medians(fns: dict, min_time_s: float, max_rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in rounds (one call of each per round)
-    so that load from other processes falls on all of them alike; after two warm-up rounds,
-    at least three rounds, then until ``min_time_s`` per function or ``max_rounds``."""
-    for _ in range(2):
-        for fn in fns.values():
-            fn()
+    """Median seconds per call of each function, timed in rounds so that load from other
+    processes falls on all of them alike. In each round every function runs as a block: one
+    untimed call, then timed calls for about BLOCK_S. The untimed call absorbs what the previous
+    block left running: OpenBLAS, OpenMP (PyTorch) and onnxruntime keep their worker threads
+    spinning for a while after a call, and on a small machine those spinners took the cores
+    from whichever runner came next (timed call by call, onnxruntime lost up to half its speed
+    after a BLAS-threaded engine call). After one warm-up round, at least three rounds, then
+    until ``min_time_s`` per function or ``max_rounds``."""
+    for fn in fns.values():
+        fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_index in range(max_rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            block_end = time.perf_counter() + BLOCK_S
+            while True:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+                if start >= block_end:
+                    break
         if round_index >= 2 and all(sum(t) >= min_time_s for t in times.values()):
             break
     return {name: statistics.median(t) for name, t in times.items()}
