@@ -84,12 +84,12 @@ async def model_ready(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
 async def infer(
     name: str,
     request: Request,
+    rt: Rt,
     version: str = MODEL_VERSION,
     inference_header_content_length: Annotated[str | None, Header()] = None,
     content_encoding: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Run the model on a JSON or binary tensor; answer in the form the client asked for."""
-    rt: Runtime = request.app.state.runtime  # not a dependency: see routes.predict
     with rt.lifecycle.admit():
         served(rt, name, version)
         if content_encoding not in (None, "identity"):
