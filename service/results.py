@@ -3,7 +3,7 @@
 The ranking is done once per engine batch, on the engine thread (``rank_batch``: one softmax and
 one argsort over the whole batch); the event loop only slices it. NumPy's sort releases the GIL,
 and taking it back on the event loop meant waiting out the engine thread's switch interval:
-per-request argsorts were a tenth of the loop's time under load.
+per-request argsorts were a tenth of the loop thread's profile samples under load.
 """
 
 from __future__ import annotations
