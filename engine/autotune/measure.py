@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import statistics
@@ -80,7 +81,7 @@ class Trial:
         self.out = backend.empty((spec.n, spec.out_h, spec.out_w, spec.k))
         self.scratch = Scratch(backend)
         self.timings: dict[str, Timing] = {}
-        self.evict = CacheEvictor() if backend.device == "cpu" else None
+        self.evict = cache_evictor() if backend.device == "cpu" else None
 
     def run(self, algo) -> float:
         """Seconds of one call of ``algo`` (device-synchronised), from cold private caches."""
@@ -188,6 +189,12 @@ class CacheEvictor:
 
     def __call__(self) -> None:
         run_in_threads(_touch, [(part,) for part in self.parts])
+
+
+@functools.cache
+def cache_evictor() -> CacheEvictor:
+    """One evictor per process: its buffers are made once, not per tuned spec."""
+    return CacheEvictor()
 
 
 def _touch(buffer: np.ndarray) -> None:
