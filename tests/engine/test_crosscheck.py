@@ -39,7 +39,7 @@ def test_a_correct_model_passes_and_info_reports_it(model):
 
 def test_a_wrong_layer_is_refused_and_named(model):
     layer = conv_names(model)[2]
-    break_conv(model, layer, relative=0.05, buckets=(8,))
+    break_conv(model, layer, shift=0.05, buckets=(8,))
     with pytest.raises(CrossCheckError) as raised:
         model.cross_check()
     result = raised.value.result
@@ -56,13 +56,13 @@ def test_a_wrong_layer_is_refused_and_named(model):
 
 
 def test_an_error_within_the_tolerance_passes(model):
-    break_conv(model, conv_names(model)[0], relative=1e-7)
+    break_conv(model, conv_names(model)[0], shift=1e-7)
     assert model.cross_check()["passed"]
 
 
 def test_a_later_layer_is_blamed_for_its_own_error_only(model):
     names = conv_names(model)
-    break_conv(model, names[-1], relative=0.2)
+    break_conv(model, names[-1], shift=0.2)
     with pytest.raises(CrossCheckError) as raised:
         model.cross_check()
     assert {b["layer"]["layer"] for b in raised.value.result["buckets"]} == {names[-1]}
