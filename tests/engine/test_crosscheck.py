@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from engine import CrossCheckError, load_model
+from engine.autotune.__main__ import main as autotune_main
 from engine.bench.nets import cifar_net
 from engine.crosscheck import TOLERANCE, difference, precision_of
 from tests.engine.faults import break_conv, conv_names
@@ -101,3 +102,33 @@ def test_tf32_tolerance_only_where_tf32_may_run(model):
     model.tuner.allowed_math = ("fp32", "tf32")  # as on a GPU with --allow-tf32
     assert precision_of(model) == "tf32"
     assert model.cross_check()["tolerance"] == TOLERANCE["tf32"]
+
+
+def test_autotune_cli_checks_the_tuned_model(onnx_path, tmp_path, capsys):
+    cache = tmp_path / "cache.json"
+    assert autotune_main([str(onnx_path), "--cache", str(cache), "--batch-sizes", "1,2",
+                          "--cross-check", "always"]) == 0  # fmt: skip
+    assert (
+        "cross-check passed: every bucket within 1e-03 of the numpy engine"
+        in capsys.readouterr().out
+    )
+
+
+def test_autotune_cli_refuses_a_wrong_layer(onnx_path, tmp_path, capsys, monkeypatch):
+    """The fault is in the model the CLI loads (a conv made wrong right after loading); the
+    check itself runs as it does on a GPU."""
+    import engine
+
+    real_load = engine.load_model
+
+    def load_broken(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        break_conv(model, conv_names(model)[1])
+        return model
+
+    monkeypatch.setattr(engine, "load_model", load_broken)
+    argv = [str(onnx_path), "--cache", str(tmp_path / "c.json"), "--batch-sizes", "2"]
+    assert autotune_main(argv) == 0  # no check on the CPU unless asked
+    assert autotune_main([*argv, "--cross-check", "always"]) == 1
+    err = capsys.readouterr().err
+    assert "cross-check failed on cpu: batch bucket 2" in err and "first appears at layer" in err
