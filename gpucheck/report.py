@@ -1,0 +1,55 @@
+"""The Markdown report: a header about the machine, a table of the steps, then per step its
+command, its result, the tables and highlighted lines of its log, and on failure the log's tail."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+
+from gpucheck.run import Outcome
+from gpucheck.steps import Step
+
+TAIL_LINES = 25
+
+
+def quoted(step: Step, text: str) -> list[str]:
+    """The log lines the report shows: Markdown tables, blank lines between them, and the
+    lines the step highlights."""
+    keep, pattern = [], re.compile(step.highlight)
+    for line in text.splitlines():
+        if line.startswith("|") or pattern.search(line):
+            keep.append(line)
+        elif keep and keep[-1].startswith("|"):
+            keep.append("")
+    return keep
+
+
+def section(index: int, outcome: Outcome) -> list[str]:
+    step = outcome.step
+    lines = [f"## {index}. {step.name}: {step.title}", "", f"`{step.shell()}`", "",
+             f"**{outcome.status}**" + (f" ({outcome.note})" if outcome.note else "")
+             + f", {outcome.seconds:.1f} s of {outcome.limit_s:.0f} s", ""]  # fmt: skip
+    text = outcome.log.read_text(errors="replace") if outcome.log else ""
+    lines += quoted(step, text)
+    if not outcome.ok and outcome.status != "skipped":
+        tail = text.splitlines()[-TAIL_LINES:]
+        lines += ["", f"Last {len(tail)} lines of `{outcome.log.name}`:", "", "```", *tail, "```"]
+    return lines + [""]
+
+
+def render(outcomes: list[Outcome], header: list[str], mode: str, budget_s: float) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    total = sum(o.seconds for o in outcomes)
+    lines = [f"# gpu-check, {now}", "", f"Mode: {mode}.", "", *header,
+             f"- load average {os.getloadavg()[0]:.2f} at the end; steps took {total:.0f} s "
+             f"of a {budget_s:.0f} s budget", "", "| # | step | result | seconds | limit s | log |",
+             "|---:|---|---|---:|---:|---|"]  # fmt: skip
+    for i, o in enumerate(outcomes, 1):
+        log = o.log.name if o.log else ""
+        lines.append(f"| {i} | {o.step.name} | {o.status} | {o.seconds:.1f} | "
+                     f"{o.limit_s:.0f} | {log} |")  # fmt: skip
+    lines.append("")
+    for i, o in enumerate(outcomes, 1):
+        lines += section(i, o)
+    return "\n".join(lines)
