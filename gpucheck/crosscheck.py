@@ -35,8 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--nets", default="cifar,resnet18", help="bench nets ('' for none)")
     parser.add_argument("--conformance", default=".", help="regex on the case names ('' for none)")
     parser.add_argument("--workdir", help="for nets and autotune caches (default: a temp dir)")
+    parser.add_argument("--buckets", help="batch buckets for every net (default: per net, "
+                        f"{NET_BUCKETS})")  # fmt: skip
     args = parser.parse_args(argv)
     args.nets = [n for n in args.nets.split(",") if n]
+    args.buckets = tuple(int(b) for b in args.buckets.split(",")) if args.buckets else None
     return args
 
 
@@ -62,8 +65,9 @@ def check_model(label: str, model, reference) -> dict:
             "graphs": graphs.info() if graphs is not None else None}  # fmt: skip
 
 
-def check_nets(nets, device: str, workdir: Path) -> list[dict]:
-    """Each net's models (graphs on and off) against one NumPy reference per net."""
+def check_nets(nets, device: str, workdir: Path, buckets=None) -> list[dict]:
+    """Each net's models (graphs on and off) against one NumPy reference per net, on
+    ``buckets`` (default: ``NET_BUCKETS``)."""
     from engine import load_model
     from engine.bench.nets import NETS
 
@@ -71,10 +75,10 @@ def check_nets(nets, device: str, workdir: Path) -> list[dict]:
     for net in nets:
         path = workdir / f"{net}.onnx"
         path.write_bytes(NETS[net][0]().SerializeToString())
-        buckets, cache = NET_BUCKETS[net], workdir / f"{net}.{device}.autotune.json"
-        reference = load_model(path, "cpu", buckets, autotune_mode="off", cpu_threading="blas")
+        net_buckets, cache = buckets or NET_BUCKETS[net], workdir / f"{net}.{device}.autotune.json"
+        reference = load_model(path, "cpu", net_buckets, autotune_mode="off", cpu_threading="blas")
         for graphs in graph_modes(device):
-            model = load_model(path, device, buckets, autotune_cache=cache, cuda_graphs=graphs)
+            model = load_model(path, device, net_buckets, autotune_cache=cache, cuda_graphs=graphs)
             label = f"{net}, graphs {'on' if graphs else 'off'}" if device == "cuda" else net
             rows.append(check_model(label, model, reference))
             print(f"checked {label}: {verdict(rows[-1]['result'])} in "
@@ -204,7 +208,7 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     ok = True
     if args.nets:
-        rows = check_nets(args.nets, args.device, workdir)
+        rows = check_nets(args.nets, args.device, workdir, args.buckets)
         print("\n## Bench nets against the NumPy engine\n\n" + "\n".join(nets_table(rows)))
         ok = all(row["result"]["passed"] for row in rows)
     if args.conformance:
