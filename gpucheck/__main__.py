@@ -72,9 +72,8 @@ def main(argv=None) -> int:
         outcomes = run_all(steps, args.out, args.budget_s, dry, print if not dry else quiet)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    mode = "dry run, nothing executed" if dry else "run on the GPU"
     report = args.out / REPORT_NAME
-    report.write_text(render(outcomes, machine.describe(gpu, REPO), mode, args.budget_s))
+    report.write_text(render(outcomes, machine.describe(gpu, REPO), dry, args.budget_s))
     broken = [o.step.name for o in outcomes if not o.ok]
     if dry:
         reason = "--dry-run" if gpu.present else f"no NVIDIA GPU here ({gpu.description})"

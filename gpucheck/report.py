@@ -9,6 +9,7 @@ import re
 
 from gpucheck.run import Outcome
 from gpucheck.steps import Step
+from gpucheck.targets import evaluate
 
 TAIL_LINES = 25
 
@@ -38,7 +39,8 @@ def section(index: int, outcome: Outcome) -> list[str]:
     return lines + [""]
 
 
-def render(outcomes: list[Outcome], header: list[str], mode: str, budget_s: float) -> str:
+def render(outcomes: list[Outcome], header: list[str], dry: bool, budget_s: float) -> str:
+    mode = "dry run, nothing executed" if dry else "run on the GPU"
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     total = sum(o.seconds for o in outcomes)
     lines = [f"# gpu-check, {now}", "", f"Mode: {mode}.", "", *header,
@@ -49,6 +51,11 @@ def render(outcomes: list[Outcome], header: list[str], mode: str, budget_s: floa
         log = o.log.name if o.log else ""
         lines.append(f"| {i} | {o.step.name} | {o.status} | {o.seconds:.1f} | "
                      f"{o.limit_s:.0f} | {log} |")  # fmt: skip
+    lines += ["", "## Targets", ""]
+    if dry:
+        lines.append("Not measured (dry run).")
+    else:
+        lines += evaluate({o.step.name: o.log for o in outcomes})
     lines.append("")
     for i, o in enumerate(outcomes, 1):
         lines += section(i, o)

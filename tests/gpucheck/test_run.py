@@ -68,7 +68,7 @@ def test_a_step_past_its_limit_is_stopped_with_its_children(ran):
 
 def test_report_quotes_tables_highlights_and_failure_tails(ran):
     _, outcomes, _ = ran
-    report = render(outcomes, ["- GPU: test"], "run on the GPU", 6.0)
+    report = render(outcomes, ["- GPU: test"], False, 6.0)
     assert "| 1 | tables | passed |" in report and "| 4 | late | skipped |" in report
     assert "| 1 | 123 |" in report and "GPU: card" in report and "noise" not in report
     failed = report.split("## 2. fails")[1].split("## 3.")[0]
