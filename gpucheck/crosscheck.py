@@ -184,22 +184,33 @@ def run_conformance(device: str, pattern: str, workdir: Path) -> unittest.TestRe
     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"onnx\.backend\.test")
     suite = conformance_suite(device, pattern)
     print(f"conformance: {suite.countTestCases()} cases on {device}", flush=True)
-    with open(os.devnull, "w") as quiet:
-        return unittest.TextTestRunner(stream=quiet, verbosity=0).run(suite)
+    result, started = unittest.TestResult(), time.perf_counter()
+    for index, test in enumerate(suite, 1):  # one at a time: a failure is printed at once, so a
+        seen = len(result.failures) + len(result.errors)  # step stopped at its limit keeps them
+        test.run(result)
+        for failed, text in (result.failures + result.errors)[seen:]:
+            print(problem_line(failed, text), flush=True)
+        if index % 50 == 0:
+            print(
+                f"conformance: {index} cases in {time.perf_counter() - started:.0f} s", flush=True
+            )
+    return result
+
+
+def problem_line(test, text: str) -> str:
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return f"- {test.id().rsplit('.', 1)[-1]}: {last[:300]}"
 
 
 def conformance_lines(result: unittest.TestResult) -> list[str]:
     """Counts, then one line per failed case: a device/NumPy mismatch, or onnx's own check."""
-    problems = [(test, text) for test, text in result.failures + result.errors]
-    mismatches = [(t, x) for t, x in problems if CHECK_PREFIX in x]
+    problems = result.failures + result.errors
+    mismatches = [text for _, text in problems if CHECK_PREFIX in text]
     skipped = len(result.skipped)
     lines = [f"conformance: {result.testsRun - skipped} run, {len(mismatches)} differ from the "
              f"NumPy engine, {len(problems) - len(mismatches)} fail otherwise (onnx's expected "
              f"outputs, errors), {skipped} skipped"]  # fmt: skip
-    for test, text in problems:
-        last = [line for line in text.strip().splitlines() if line.strip()][-1]
-        lines.append(f"- {test.id().rsplit('.', 1)[-1]}: {last[:300]}")
-    return lines
+    return lines + [problem_line(test, text) for test, text in problems]
 
 
 def main(argv=None) -> int:
