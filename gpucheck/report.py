@@ -15,15 +15,24 @@ TAIL_LINES = 25
 
 
 def quoted(step: Step, text: str) -> list[str]:
-    """The log lines the report shows: Markdown tables, blank lines between them, and the
-    lines the step highlights."""
-    keep, pattern = [], re.compile(step.highlight)
+    """The log lines the report shows: its Markdown tables as tables, and the lines the step
+    highlights in code blocks (kept as printed, fixed-width tables included). The command line
+    the log starts with is shown apart."""
+    pattern, runs = re.compile(step.highlight), []  # runs of (is a table, lines)
     for line in text.splitlines():
-        if line.startswith("|") or pattern.search(line):
-            keep.append(line)
-        elif keep and keep[-1].startswith("|"):
-            keep.append("")
-    return keep
+        if line.startswith("$ "):
+            continue
+        table = line.startswith("|")
+        if table or pattern.search(line):
+            if not runs or runs[-1][0] != table:
+                runs.append((table, []))
+            runs[-1][1].append(line)
+        elif runs and runs[-1][0]:
+            runs.append((False, []))  # a table ends where its log goes on
+    lines = []
+    for table, block in filter(lambda run: run[1], runs):
+        lines += [*block, ""] if table else ["```", *block, "```", ""]
+    return lines
 
 
 def section(index: int, outcome: Outcome) -> list[str]:
