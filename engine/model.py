@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.autotune import Autotuner
 from engine.backends import NumpyBackend, resolve_backend
+from engine.crosscheck import CrossCheckError, cross_check
 from engine.errors import InputShapeError, OutOfMemoryError
 from engine.graph import Graph
 from engine.onnx import load_graph
@@ -163,8 +164,6 @@ class Model:
         """Compare every bucket with the NumPy engine on the same ONNX file (see
         engine.crosscheck); returns the summary, or raises CrossCheckError naming the largest
         error and the layer where it first appears. ``info()["crosscheck"]`` keeps the result."""
-        from engine.crosscheck import CrossCheckError, cross_check
-
         self.crosscheck = cross_check(self, reference, seed=seed)
         if not self.crosscheck["passed"]:
             raise CrossCheckError(self.crosscheck)
