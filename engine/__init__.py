@@ -1,5 +1,6 @@
 """gemmserve's inference engine: ONNX CNNs as im2col + GEMM on NumPy (CPU) or CuPy (GPU)."""
 
+from engine.crosscheck import CrossCheckError
 from engine.errors import (
     DeviceUnavailableError,
     EngineError,
@@ -14,5 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "load_model", "Model", "EngineStats", "EngineError", "ModelLoadError", "UnsupportedModelError",
-    "InputShapeError", "OutOfMemoryError", "DeviceUnavailableError", "__version__",
+    "InputShapeError", "OutOfMemoryError", "DeviceUnavailableError", "CrossCheckError",
+    "__version__",
 ]  # fmt: skip

@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.autotune import Autotuner
 from engine.backends import NumpyBackend, resolve_backend
+from engine.crosscheck import CrossCheckError, cross_check
 from engine.errors import InputShapeError, OutOfMemoryError
 from engine.graph import Graph
 from engine.onnx import load_graph
@@ -57,6 +58,8 @@ class Model:
                                   .values[self.graph.outputs[0].name].shape[1:])  # fmt: skip
         tuner.save()
         self.last_stats = EngineStats()
+        self.source = None  # the ONNX file (path, bytes or ModelProto), set by load_model
+        self.crosscheck: dict | None = None  # the last cross-check's summary
 
     @property
     def device(self) -> str:
@@ -157,6 +160,15 @@ class Model:
             stats.append({"bucket": bucket, "seconds": self.last_stats.seconds})
         return stats
 
+    def cross_check(self, reference=None, seed=None) -> dict:
+        """Compare every bucket with the NumPy engine on the same ONNX file (see
+        engine.crosscheck); returns the summary, or raises CrossCheckError naming the largest
+        error and the layer where it first appears. ``info()["crosscheck"]`` keeps the result."""
+        self.crosscheck = cross_check(self, reference, seed=seed)
+        if not self.crosscheck["passed"]:
+            raise CrossCheckError(self.crosscheck)
+        return self.crosscheck
+
     def info(self) -> dict:
         """What the model is and how it runs: shapes, device, buckets and each layer's algorithm."""
         plan = self._plan((self.max_batch_size, *self.input_shape))
@@ -185,6 +197,7 @@ class Model:
             "opset": self.graph.opset,
             "layers": layers,
             "autotune": self.tuner.info(),
+            "crosscheck": self.crosscheck,
         }  # fmt: skip
 
 
@@ -212,7 +225,9 @@ def load_model(
     optimize(graph, NumpyBackend(), Autotuner(NumpyBackend(), None, "off"))
     if name is None:
         name = graph.name if not isinstance(path, str | bytes) else _stem(path)
-    return Model(graph, backend, batch_sizes, tuner, name)
+    model = Model(graph, backend, batch_sizes, tuner, name)
+    model.source = path
+    return model
 
 
 def _stem(path) -> str:

@@ -207,10 +207,13 @@ def run_all(args: argparse.Namespace, model_dir: Path) -> list[tuple]:
     logs = model_dir.parent
     # One autotune cache for both service runs: the same algorithms per bucket in each, tuned once.
     cache = {"autotune_cache": logs / "cifar.autotune.json"}
+    device = args.device
     servers = {
-        "gemmserve (batching)": ServiceProcess(model_dir, logs / "batching.log", flags=cache),
+        "gemmserve (batching)": ServiceProcess(
+            model_dir, logs / "batching.log", flags=cache, device=device
+        ),
         "gemmserve --max-batch-size 1": ServiceProcess(
-            model_dir, logs / "single.log", flags={**cache, "max_batch_size": 1}
+            model_dir, logs / "single.log", flags={**cache, "max_batch_size": 1}, device=device
         ),
         "plain FastAPI + onnxruntime": PlainServer(model_dir / "model.onnx", logs / "plain.log"),
         "no-op FastAPI endpoint": PlainServer(None, logs / "noop.log"),
@@ -249,6 +252,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--only", nargs="*", help="run only servers whose name contains these")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="the device gemmserve runs on")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gemmserve-compare-") as tmp:
         model_dir = Path(tmp) / "cifar"
@@ -258,7 +263,8 @@ def main() -> None:
     print(f"Machine: {machine()}")
     print(
         f"Load: {args.connections} connections, closed loop, {args.seconds:.0f} s measured "
-        f"after {args.warmup_s:.0f} s warm-up, one 3x32x32 .npy image per request"
+        f"after {args.warmup_s:.0f} s warm-up, one 3x32x32 .npy image per request, gemmserve "
+        f"on --device {args.device}"
     )
     print(table(rows))
 

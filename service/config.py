@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(
         True, description="on a GPU, replay each batch bucket as a CUDA graph where it is faster"
     )
+    cross_check: Literal["auto", "always"] = Field(
+        "auto",
+        description="before ready, compare each batch bucket with the NumPy engine and refuse "
+        "to start on a mismatch; auto: on a GPU, always: on any device",
+    )
     cpu_threading: Literal["engine", "blas"] = Field(
         "engine",
         description="on the CPU, engine: BLAS on one thread, the engine splits work per core "

@@ -113,13 +113,15 @@ class Runtime:
     # ---- start and stop --------------------------------------------------------------------
 
     def _setup(self) -> Callable[[np.ndarray], list[Ranked]]:
-        """Runs on the engine thread: load, warm every bucket, self-test."""
+        """Runs on the engine thread: load, warm every bucket, self-test, cross-check."""
         started = time.monotonic()
         model = self.model_factory(self.settings)
         spec = load_spec(self.settings.model, tuple(model.input_shape))
         # Twice: the first run tunes and plans, the second times each bucket for the batcher.
         self.bucket_seconds = bucket_seconds(model.warmup(), model.warmup())
         self_test(model)
+        if self.settings.cross_check == "always" or model.device == "cuda":
+            model.cross_check()  # CrossCheckError: the service refuses to start, saying where
         if set(self.bucket_seconds) >= set(model.batch_sizes):
             self.batcher.set_cost_model(lambda n: self.bucket_seconds[model.bucket_for(n)])
         # Read once here: the engine may only be touched from this thread.

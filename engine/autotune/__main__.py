@@ -1,7 +1,9 @@
 """``python -m engine.autotune MODEL --device cpu --batch-sizes 1,8,32 --cache FILE``
 
 Tunes every conv layer of MODEL for each batch size, writes FILE, and prints per layer each
-candidate's time, the winner and its speed-up over im2col_gemm.
+candidate's time, the winner and its speed-up over im2col_gemm. On a GPU (or with
+``--cross-check always``) the tuned model is then checked against the NumPy engine, bucket by
+bucket (engine.crosscheck); a mismatch is printed with the layer where it appears, exit code 1.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--cpu-threading", default="engine", choices=("engine", "blas"), help=threading
     )
+    check = "compare with the NumPy engine after tuning: auto (on a GPU) or always"
+    parser.add_argument("--cross-check", default="auto", choices=("auto", "always"), help=check)
     args = parser.parse_args(argv)
     args.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
     return args
@@ -113,6 +117,23 @@ def main(argv=None) -> int:
     info = model.tuner.info()
     summary = f"{info['hits']} hits, {info['misses']} tuned in {info['tuning_seconds']:.2f} s"
     print(f"cache {args.cache}: {info['cache_status']}, {info['entries']} entries, {summary}")
+    if args.cross_check == "always" or model.device == "cuda":
+        return cross_check(model)
+    return 0
+
+
+def cross_check(model) -> int:
+    """Check the tuned model against the NumPy engine; print the outcome; the exit code."""
+    from engine import CrossCheckError
+
+    try:
+        result = model.cross_check()
+    except CrossCheckError as error:
+        print(f"python -m engine.autotune: {error}", file=sys.stderr)
+        return 1
+    worst = max(b["relative_error"] for b in result["buckets"])
+    print(f"cross-check passed: every bucket within {result['tolerance']:.0e} of the "
+          f"{result['reference']} ({result['math']}; largest error {worst:.1e})")  # fmt: skip
     return 0
 
 

@@ -5,7 +5,8 @@ Faults: ``--poison V`` raises on any image whose first value equals V; ``--oom-a
 device out-of-memory for batches larger than N; ``--slow V --hold-file F`` holds a batch with an
 image whose first value equals V while file F exists (at most 30 s); ``--delay-ms T`` sleeps on
 every batch;
-``--load-delay-s S`` makes loading take S seconds longer.
+``--load-delay-s S`` makes loading take S seconds longer; ``--wrong-conv LAYER`` makes that conv
+layer's output wrong (as a broken GPU kernel would: for the start-up cross-check).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from engine.errors import OutOfMemoryError
 from service.__main__ import main
 from service.runtime import load_engine_model
+from tests.engine.faults import break_conv
 
 
 class FaultyModel:
@@ -61,6 +63,7 @@ def parse_faults(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hold-file", default="")
     parser.add_argument("--delay-ms", type=float, default=0)
     parser.add_argument("--load-delay-s", type=float, default=0)
+    parser.add_argument("--wrong-conv", help="conv layer whose output is made wrong")
     return parser.parse_args(argv)
 
 
@@ -70,7 +73,10 @@ def run(argv: list[str]) -> int:
 
     def factory(settings):
         time.sleep(faults.load_delay_s)
-        return FaultyModel(load_engine_model(settings), faults)
+        model = load_engine_model(settings)
+        if faults.wrong_conv:
+            break_conv(model, faults.wrong_conv)
+        return FaultyModel(model, faults)
 
     return main(argv[split + 1 :], model_factory=factory)
 
