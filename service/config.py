@@ -57,6 +57,19 @@ class Settings(BaseSettings):
         "(less CPU per request next to the HTTP threads); blas: BLAS threads each GEMM",
     )
 
+    workers: int = Field(
+        2, ge=1, le=256, description="HTTP worker processes (the engine runs in one more)"
+    )
+    target_p99_ms: float | None = Field(
+        None,
+        gt=0,
+        le=3_600_000,
+        description="refuse (429) at once a request the queue would answer later than this",
+    )
+    shm_mib_per_worker: int = Field(
+        64, ge=1, le=65536, description="shared memory per worker for images in flight (/dev/shm)"
+    )
+
     # Limits (RELIABILITY.md "Defaults to ship").
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="request body limit; 413")
     max_image_pixels: int = Field(

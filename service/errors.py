@@ -67,6 +67,12 @@ class NotReadyError(ServiceError):
     status, code, retry_after_s = 503, "not_ready", 1
 
 
+class EngineUnavailable(ServiceError):
+    """The engine process is gone (crashed or restarting); the request did not complete."""
+
+    status, code, retry_after_s = 503, "engine_unavailable", 1
+
+
 class DeadlineExceeded(ServiceError):
     """The request's deadline passed before it could be answered."""
 

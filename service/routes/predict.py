@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.results import result
+from service.results import rank_batch, result
 from service.routes import runtime
-from service.runtime import Runtime
+from service.runtime import Decoded, Runtime
 
 router = APIRouter(tags=["predict"])
 
@@ -98,12 +98,16 @@ async def predict(
     ] = None,
 ) -> JSONResponse:
     """Classify each image of the body; one result per image, in order."""
-    with rt.lifecycle.admit():
-        rt.check_capacity()
-        body = await request.body()
-        batch = await rt.blocking(rt.decoder.decode, request.headers.get("content-type"), body)
-        outputs = await rt.infer(request, batch, x_timeout_ms)
-    k = top_k or rt.settings.top_k
-    answer = {"model": rt.spec.name, "results": [result(o, rt.spec, k, raw) for o in outputs]}
+    content_type = request.headers.get("content-type")
+
+    def parse(body: bytes) -> Decoded:
+        return Decoded(rt.decoder.decode(content_type, body))
+
+    outputs, _ = await rt.run(request, parse, x_timeout_ms)
+    spec, k = rt.description.spec, top_k or rt.settings.top_k
+    answer = {
+        "model": spec.name,
+        "results": [result(r, spec, k, raw) for r in rank_batch(outputs, spec)],
+    }
     # Built to the schema already: skip re-validating it through the response model.
     return JSONResponse(answer)
