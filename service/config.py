@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     multipart_max_files: int = Field(64, ge=1, description="file parts in one multipart body")
     multipart_max_fields: int = Field(16, ge=0, description="other parts in one multipart body")
     multipart_max_headers: int = Field(16, ge=1, description="header lines per multipart part")
-    max_concurrency: int = Field(2048, ge=1, description="connections and tasks; then 503")
+    max_concurrency: int = Field(
+        2048, ge=1, description="connections and tasks per HTTP worker; then 503"
+    )
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive and request-head timeout")
     graceful_shutdown_s: float = Field(30.0, gt=0, description="drain time after SIGTERM")
     decode_threads: int = Field(4, ge=1, le=256, description="threads decoding request bodies")

@@ -49,6 +49,12 @@ class UnprocessableInput(ServiceError):
     status, code = 422, "unprocessable"
 
 
+class InvalidParameter(ServiceError):
+    """A query parameter or header outside its allowed values."""
+
+    status, code = 422, "invalid_parameter"
+
+
 class ModelNotFound(ServiceError):
     """A KServe route names a model this server does not serve."""
 

@@ -10,6 +10,7 @@ stop (by the same signal). A model that fails to load stops the service with exi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -17,6 +18,7 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -69,11 +71,9 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         self.metrics = Metrics("supervisor")
         self.sock = bind(self.settings.host, self.settings.port)
-        self.board = Board.create(self.prefix, self.settings.workers)
-        self.board.cells[Board.SUPERVISOR] = os.getpid()
         host, port = self.sock.getsockname()[:2]
         try:
-            self._start_engine()
+            self.open_engine()
             for index in range(self.settings.workers):
                 self._start_worker(index)
             log.info("listening on http://%s:%d (%d HTTP workers)", host, port, len(self.workers))
@@ -115,6 +115,23 @@ class Supervisor:
         if not hasattr(self, "_authkey"):
             self._authkey = secrets.token_bytes(32)
         return self._authkey
+
+    def open_engine(self) -> WorkerLink:
+        """Make the board, start the engine process; how worker 0 reaches it."""
+        self.board = Board.create(self.prefix, self.settings.workers)
+        self.board.cells[Board.SUPERVISOR] = os.getpid()
+        self._start_engine()
+        return WorkerLink(self._address(0), self.board.name, self.settings.workers)
+
+    def close_engine(self) -> None:
+        """Stop the engine process; remove the board and every segment left."""
+        if self.engine is not None:
+            _stop([self.engine], self.settings.graceful_shutdown_s + 5)
+            self._forget(self.engine)
+        self.board.close()
+        left = remove_all(self.prefix)
+        if left:
+            log.info("removed shared memory left by exited processes: %s", ", ".join(left))
 
     def _start_engine(self) -> None:
         args = EngineArgs(
@@ -181,16 +198,22 @@ class Supervisor:
         grace_s = self.settings.graceful_shutdown_s + 5
         workers = [p for p in self.workers if p is not None]
         _stop(workers, grace_s)
+        for proc in workers:
+            self._forget(proc)
         self.sock.close()
-        if self.engine is not None:
-            _stop([self.engine], grace_s)
-        for proc in [*workers, self.engine]:
-            if proc is not None:
-                self._forget(proc)
-        self.board.close()
-        left = remove_all(self.prefix)
-        if left:
-            log.info("removed shared memory left by exited processes: %s", ", ".join(left))
+        if hasattr(self, "board"):
+            self.close_engine()
+
+
+@contextlib.contextmanager
+def standalone_engine(settings: Settings, private_dir: Path) -> Iterator[WorkerLink]:
+    """An engine process without HTTP workers, for a tool that runs a worker's app in its own
+    process (``loadtests.loop_cost``); stopped and cleaned up on exit."""
+    supervisor = Supervisor(settings, private_dir)
+    try:
+        yield supervisor.open_engine()
+    finally:
+        supervisor.close_engine()
 
 
 def _stop(procs: list[BaseProcess], grace_s: float) -> None:
