@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import signal
 import threading
@@ -128,6 +129,8 @@ class EngineHost:
         self.loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         self.loop.add_signal_handler(signal.SIGTERM, stop.set)
+        with contextlib.suppress(FileNotFoundError):  # left by an engine that was killed
+            os.unlink(self.args.socket_path)
         listener = Listener(self.args.socket_path, "AF_UNIX", authkey=self.args.authkey)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         try:

@@ -196,11 +196,13 @@ class Supervisor:
     def _stop_all(self) -> None:
         """Workers drain and exit, then the engine; then the shared memory goes."""
         grace_s = self.settings.graceful_shutdown_s + 5
+        # The workers keep their own copies: the socket stops listening when the last one exits,
+        # not later (connections queued meanwhile would be reset rather than refused).
+        self.sock.close()
         workers = [p for p in self.workers if p is not None]
         _stop(workers, grace_s)
         for proc in workers:
             self._forget(proc)
-        self.sock.close()
         if hasattr(self, "board"):
             self.close_engine()
 
