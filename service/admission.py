@@ -14,7 +14,7 @@ import bisect
 import math
 
 from service.config import Settings
-from service.errors import QueueFullError
+from service.errors import WouldMissTarget
 from service.shm import Board
 
 SLOWDOWN_SCALE = 1000  # the board holds the slowdown ratio in thousandths
@@ -54,18 +54,20 @@ class Admission:
         return engine_s * slowdown + self.max_delay_s
 
     def check(self, images: int, board: Board | None) -> None:
-        """Raise ``QueueFullError`` (429) when the request would miss the target."""
+        """Raise ``WouldMissTarget`` (429) when the request would miss the target. An idle
+        engine admits anything: nothing would answer it sooner."""
         if self.target_s is None or not self._buckets or board is None:
             return
         cells = board.cells
+        depth, running = int(cells[Board.DEPTH]), int(cells[Board.RUNNING])
+        if depth == 0 and running == 0:
+            return
         slowdown = max(1.0, cells[Board.SLOWDOWN] / SLOWDOWN_SCALE)
-        estimate_s = self.estimate_s(
-            images, int(cells[Board.DEPTH]), int(cells[Board.RUNNING]), slowdown
-        )
+        estimate_s = self.estimate_s(images, depth, running, slowdown)
         if estimate_s > self.target_s:
             self.on_reject("slo", images)
             retry_s = max(self.retry_after_s, math.ceil(estimate_s - self.target_s))
-            raise QueueFullError(
+            raise WouldMissTarget(
                 f"would answer in ~{estimate_s * 1000:.0f} ms, over the "
                 f"{self.target_s * 1000:.0f} ms target",
                 retry_s,

@@ -38,6 +38,7 @@ log = logging.getLogger("gemmserve.engine")
 LOAD_FAILED_EXIT = 3  # the supervisor stops the service (exit 1) instead of restarting
 BOARD_PERIOD_S = 0.005
 GPU_PERIOD_S = 1.0
+MAX_SLOWDOWN = 4.0
 SLOWDOWN_WEIGHT = 0.1  # of the newest batch in the slowdown's moving average
 
 
@@ -112,7 +113,8 @@ class EngineHost:
     def on_batch(self, stats: BatchStats) -> None:
         self.metrics.on_batch(stats)
         if self._cost_s is not None:
-            ratio = stats.inference_s / max(self._cost_s(stats.size), 1e-9)
+            # Clamped: one stalled batch must not shut admission for the next dozens.
+            ratio = min(stats.inference_s / max(self._cost_s(stats.size), 1e-9), MAX_SLOWDOWN)
             self._slowdown += SLOWDOWN_WEIGHT * (ratio - self._slowdown)
             self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
 

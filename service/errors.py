@@ -67,6 +67,12 @@ class QueueFullError(ServiceError):
     status, code, retry_after_s = 429, "queue_full", 1
 
 
+class WouldMissTarget(QueueFullError):
+    """With ``--target-p99-ms``: the queue ahead would make this request answer too late."""
+
+    code = "would_miss_target"
+
+
 class NotReadyError(ServiceError):
     """The model is still loading or the server is draining for shutdown."""
 
