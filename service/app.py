@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.config import Settings
+from service.fastpath import FastPath
 from service.handlers import install_handlers
 from service.middleware import BodyLimit, RequestMetrics
 from service.routes import health, kserve, metrics, predict
@@ -37,6 +38,7 @@ def create_app(settings: Settings, link: WorkerLink) -> FastAPI:
     rt = Runtime(settings, link)
     app.state.runtime = rt
     install_handlers(app)
+    app.add_middleware(FastPath, routes=[*predict.FAST_ROUTES, *kserve.FAST_ROUTES])
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=rt.metrics)  # outermost: sees every status
     for router in (health.router, predict.router, kserve.router, metrics.router):

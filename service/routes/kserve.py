@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from service import SERVER_NAME, __version__
 from service.errors import ModelNotFound, UnsupportedMediaType
+from service.fastpath import FastRoute
 from service.routes import runtime
 from service.routes.predict import ERRORS
 from service.runtime import Decoded, Runtime
@@ -80,29 +82,47 @@ async def model_ready(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
 @router.post("/models/{name}/infer", responses=INFER_ERRORS)
 @router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS)
 async def infer(
-    name: str,
     request: Request,
-    rt: Rt,
+    name: str,
     version: str = MODEL_VERSION,
     inference_header_content_length: Annotated[str | None, Header()] = None,
     content_encoding: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Run the model on a JSON or binary tensor; answer in the form the client asked for."""
+    # The parameters are declared for the schema; requests are served by ``service.fastpath``.
+    return await infer_tensor(request)
+
+
+async def infer_tensor(request: Request) -> Response:
+    """The ``infer`` routes' work, from the request alone (``service.fastpath`` calls it)."""
+    rt: Runtime = request.app.state.runtime
     rt.lifecycle.check_ready()
-    model = served(rt, name, version).description
+    params = request.path_params
+    model = served(rt, params["name"], params.get("version", MODEL_VERSION)).description
+    content_encoding = request.headers.get("content-encoding")
     if content_encoding not in (None, "identity"):
         raise UnsupportedMediaType(f"Content-Encoding {content_encoding!r} is not accepted")
+    header_length = request.headers.get("inference-header-content-length")
 
     def parse(body: bytes) -> Decoded:
-        header_length = inference_header_content_length
         parsed = parse_request(body, header_length, model.input_name, model.output_name)
         return Decoded(rt.decoder.tensor(parsed.tensor), parsed.timeout_ms, parsed)
 
     outputs, decoded = await rt.run(request, parse)
-    content, header_length = encode_response(
-        decoded.context, model.name, model.output_name, outputs
-    )
-    if header_length is None:
+    content, json_length = encode_response(decoded.context, model.name, model.output_name, outputs)
+    if json_length is None:
         return Response(content, media_type="application/json")
-    headers = {"Inference-Header-Content-Length": str(header_length)}
+    headers = {"Inference-Header-Content-Length": str(json_length)}
     return Response(content, media_type="application/octet-stream", headers=headers)
+
+
+FAST_ROUTES = [
+    FastRoute(
+        "/v2/models/{name}/infer", re.compile(r"/v2/models/(?P<name>[^/]+)/infer"), infer_tensor
+    ),
+    FastRoute(
+        "/v2/models/{name}/versions/{version}/infer",
+        re.compile(r"/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer"),
+        infer_tensor,
+    ),
+]

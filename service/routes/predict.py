@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from service.errors import InvalidParameter
+from service.fastpath import FastRoute
 from service.results import rank_batch, result
 from service.runtime import Decoded, Runtime
 
@@ -144,3 +147,6 @@ async def predict(request: Request) -> JSONResponse:
     }
     # Built to the schema already: skip re-validating it through the response model.
     return JSONResponse(answer)
+
+
+FAST_ROUTES = [FastRoute("/predict", re.compile(r"/predict"), predict)]
