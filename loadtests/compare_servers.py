@@ -4,8 +4,9 @@
 The model (``--net``): a CIFAR-style CNN (five 3x3 convs 3->32->32->64->64->128 on 32x32, two
 max-pools, global average pool, linear), or the bundled digits model. Servers: gemmserve with one
 and with two HTTP workers, with ``--target-p99-ms``, with ``--max-batch-size 1``, an older
-checkout of gemmserve (``--baseline DIR``), a plain FastAPI + onnxruntime server without batching,
-and a no-op FastAPI endpoint (the machine's HTTP ceiling). ``--rounds`` repeats the servers in
+checkout of gemmserve (``--baseline DIR``), gemmserve around a stand-in engine whose batch is a
+fixed sleep (a fast GPU: what the HTTP tier alone delivers), a plain FastAPI + onnxruntime server
+without batching, and a no-op FastAPI endpoint (the machine's HTTP ceiling). ``--rounds`` repeats the servers in
 alternating order (settling effects of 10-20% on a noisy machine). Prints throughput, p50/p99
 latency, goodput (answers within ``--target-ms`` per second) and CPU per request (every process of
 the server) for each, with the machine named and its load average.
@@ -164,17 +165,33 @@ class PlainServer(ServiceProcess):
         return args + (["--model", str(self.onnx)] if self.onnx else ["--noop"])
 
 
-def engine_figures(url: str) -> tuple[float, float] | None:
-    """From the service's /metrics: mean engine batch size, and images per second of engine time
-    (what the engine alone sustained inside the service)."""
+class StandinService(ServiceProcess):
+    """gemmserve whose engine is ``loadtests.standin_server``'s fixed sleep per batch."""
+
+    def __init__(self, model: Path, log_path: Path, batch_ms: float, flags: dict):
+        super().__init__(model, log_path, flags=flags)
+        self.batch_ms = batch_ms
+
+    def command(self) -> list[str]:
+        args = super().command()
+        at = args.index("service")
+        return [*args[:at], "loadtests.standin_server", "--batch-ms", str(self.batch_ms), "--",
+                *args[at + 1 :]]  # fmt: skip
+
+
+def engine_figures(url: str) -> tuple[float, float, float] | None:
+    """From the service's /metrics: mean engine batch size, images per second of engine time
+    (what the engine alone sustained inside the service), and the engine's slowdown (batch
+    time in service over warm-up time; 0 where the service does not report it)."""
     text = http_get(url + "/metrics")[1].decode()
+    slowdown = re.search(r"^gemmserve_engine_slowdown_ratio (\S+)$", text, re.M)
     pattern = r"^gemmserve_(batch_size|inference_duration_seconds)_(sum|count) (\S+)$"
     found = {(m, k): float(v) for m, k, v in re.findall(pattern, text, re.M)}
     batches, images = found.get(("batch_size", "count")), found.get(("batch_size", "sum"))
     engine_s = found.get(("inference_duration_seconds", "sum"))
     if not batches or not engine_s:
         return None
-    return images / batches, images / engine_s
+    return images / batches, images / engine_s, float(slowdown.group(1)) if slowdown else 0.0
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -234,6 +251,11 @@ def servers(args: argparse.Namespace, model_dir: Path) -> dict[str, ServiceProce
         "plain FastAPI + onnxruntime": PlainServer(model_dir / "model.onnx", logs / "plain.log"),
         "no-op FastAPI endpoint": PlainServer(None, logs / "noop.log"),
     }
+    for workers in (1, 2):
+        found[f"stand-in engine ({args.standin_batch_ms:g} ms/batch), --workers {workers}"] = (
+            StandinService(model_dir, logs / f"standin{workers}.log", args.standin_batch_ms,
+                           {**cache, "workers": workers})
+        )  # fmt: skip
     if args.baseline:
         found["gemmserve, one process (baseline checkout)"] = ServiceProcess(
             model_dir, logs / "baseline.log", flags=cache, cwd=args.baseline
@@ -253,7 +275,8 @@ def run_all(args: argparse.Namespace, model_dir: Path, body: bytes) -> list[tupl
         for name in names:
             with chosen[name] as server:
                 result, cpu_ms = asyncio.run(measure(server, body, args))
-                figures = engine_figures(server.url) if "gemmserve" in name else None
+                gemmserve = "gemmserve" in name or "stand-in" in name
+                figures = engine_figures(server.url) if gemmserve else None
                 rows.append((name, result, cpu_ms, figures))
             print(f"  round {round_index + 1} {name}: {result.throughput:.0f} req/s, "
                   f"load {load_average()}", file=sys.stderr)  # fmt: skip
@@ -263,15 +286,17 @@ def run_all(args: argparse.Namespace, model_dir: Path, body: bytes) -> list[tupl
 def table(rows, target_ms: float) -> str:
     lines = [
         f"| server | req/s | p50 ms | p99 ms | goodput (<= {target_ms:g} ms)/s | non-200 | "
-        "CPU ms/req | mean batch | engine img/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU ms/req | mean batch | engine img/s | engine slowdown |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r, cpu_ms, figures in rows:
         bad = sum(n for s, n in r.statuses.items() if s != 200)
         p50, p99 = r.percentile_ms(50), r.percentile_ms(99)
         good = sum(1 for t in r.ok_latencies_s if t * 1000 <= target_ms) / r.seconds
         cpu = "" if cpu_ms is None else f"{cpu_ms:.2f}"
-        engine = "| |" if figures is None else f"| {figures[0]:.1f} | {figures[1]:,.0f} |"
+        engine = "| | |"
+        if figures is not None:
+            engine = f"| {figures[0]:.1f} | {figures[1]:,.0f} | {figures[2]:.2f} |"
         lines.append(
             f"| {name} | {r.throughput:,.0f} | {p50:.1f} | {p99:.1f} | {good:,.0f} | {bad} "
             f"| {cpu} {engine}"
@@ -301,6 +326,8 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1, help="alternate the order each round")
     parser.add_argument("--target-ms", type=float, default=50.0, help="for goodput and the SLO")
+    parser.add_argument("--standin-batch-ms", type=float, default=2.0,
+                        help="the stand-in engine's sleep per batch (a fast GPU)")  # fmt: skip
     parser.add_argument("--baseline", type=Path, help="another gemmserve checkout to measure")
     parser.add_argument("--only", nargs="*", help="run only servers whose name contains these")
     args = parser.parse_args()

@@ -104,6 +104,7 @@ class EngineHost:
             self._cost_s = loaded.cost_s
         self.metrics.set_autotune(dict(loaded.description.info.get("autotune") or {}))
         self.model, self.description = loaded.model, loaded.description
+        self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
         model = loaded.model
         # A copy: the engine reuses its output buffer for the next batch.
         return lambda x: list(np.array(model(x), np.float32, copy=True))

@@ -40,6 +40,10 @@ LIVE_GAUGES = {
     "queue_depth": ("gemmserve_queue_depth", "Images waiting for the engine"),
     "running": ("gemmserve_batch_running_images", "Images in the batch being run now"),
     "ready": ("gemmserve_ready", "1 when the service admits requests"),
+    "slowdown": (
+        "gemmserve_engine_slowdown_ratio",
+        "Engine time per batch in service over its warm-up time (moving average)",
+    ),
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request
 
-from service.admission import Admission
+from service.admission import SLOWDOWN_SCALE, Admission
 from service.config import Settings
 from service.decode import Decoder, Limits
 from service.engine_client import EngineAddress, EngineClient
@@ -132,6 +132,7 @@ class Runtime:
             "queue_depth": float(cells[Board.DEPTH]) if cells is not None else 0.0,
             "running": float(cells[Board.RUNNING]) if cells is not None else 0.0,
             "ready": float(self.lifecycle.ready),
+            "slowdown": float(cells[Board.SLOWDOWN]) / SLOWDOWN_SCALE if cells is not None else 0.0,
         }
 
     def processes(self) -> dict:

@@ -41,7 +41,7 @@ def test_plain_and_noop_servers_measured_with_cpu_per_request():
 
 
 def test_gemmserve_workers_on_the_digits_model():
-    stdout = _run("--net", "digits", "--only", "--workers 2")
+    stdout = _run("--net", "digits", "--only", "gemmserve --workers 2")
     ((name, cells),) = _cells(stdout, r"gemmserve --workers 2")
     _check(cells)
     assert float(cells[6]) >= 1  # mean engine batch, read from the service's /metrics
