@@ -136,9 +136,13 @@ class EngineHost:
             os.unlink(self.args.socket_path)
         listener = Listener(self.args.socket_path, "AF_UNIX", authkey=self.args.authkey)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        try:
-            await self.batcher.start()
-        except Exception as exc:  # noqa: BLE001 - a load failure stops the service, with its reason
+        loaded, stopping = self.batcher.start(), asyncio.ensure_future(stop.wait())
+        await asyncio.wait({loaded, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not loaded.done():  # stopped while loading: nothing to drain (the thread is a daemon)
+            return 0
+        stopping.cancel()
+        if loaded.exception() is not None:
+            exc = loaded.exception()
             log.error("model failed to load: %s: %s", type(exc).__name__, exc)
             log.debug("model load traceback", exc_info=exc)
             for link in self.links:
