@@ -74,6 +74,7 @@ class EngineClient:
         self._ids = itertools.count()
         self._task: asyncio.Task | None = None
         self._lost = asyncio.Event()
+        self.adopted = asyncio.Event()  # set once the engine has described its model
 
     # ---- connection -------------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ class EngineClient:
         arena = self.arena
         self._send((protocol.ARENA, arena.name, arena.slot_floats, arena.count))
         self._on_model(description)
+        self.adopted.set()
 
     def _release(self, request_id: int) -> None:
         entry = self._pending.pop(request_id, None)
