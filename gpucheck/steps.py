@@ -91,7 +91,8 @@ def plan(workdir: Path, wheelhouse: Path = WHEELHOUSE) -> list[Step]:
                     "--batch-sizes", RESNET_BATCHES, "--min-time-s", "1"), 80,
              r"^(resnet18 batch)"),
         Step("service-load", "the service on --device cuda under load, batching vs batch 1",
-             python("-m", "loadtests.compare_servers", "--device", "cuda", "--only", "gemmserve",
+             python("-m", "loadtests.compare_servers", "--device", "cuda", "--only",
+                    "gemmserve --workers 2", "gemmserve --max-batch-size 1",
                     "--seconds", "8", "--warmup-s", "2"), 100, r"^(Machine|Load)",
              env={"PYTHONPATH": str(site)}),
     ]  # fmt: skip

@@ -1,10 +1,15 @@
-"""``python -m loadtests.compare_servers``: the same closed-loop load against four servers.
+"""``python -m loadtests.compare_servers``: the same closed-loop load against several servers.
 
-64 keep-alive connections each send one ``.npy`` image of a CIFAR-style CNN (five 3x3 convs
-3->32->32->64->64->128 on 32x32, two max-pools, global average pool, linear), wait for the answer,
-and send the next. Servers: gemmserve with dynamic batching, gemmserve with ``--max-batch-size 1``,
-a plain FastAPI + onnxruntime server without batching, and a no-op FastAPI endpoint (the machine's
-HTTP ceiling). Prints throughput and p50/p99 latency for each, with the machine named.
+64 keep-alive connections each send one ``.npy`` image, wait for the answer, and send the next.
+The model (``--net``): a CIFAR-style CNN (five 3x3 convs 3->32->32->64->64->128 on 32x32, two
+max-pools, global average pool, linear), or the bundled digits model. Servers: gemmserve with one
+and with two HTTP workers, with ``--target-p99-ms``, with ``--max-batch-size 1``, an older
+checkout of gemmserve (``--baseline DIR``), gemmserve around a stand-in engine whose batch is a
+fixed sleep (a fast GPU: what the HTTP tier alone delivers), a plain FastAPI + onnxruntime server
+without batching, and a no-op FastAPI endpoint (the machine's HTTP ceiling). ``--rounds``
+repeats the servers in alternating order (settling effects of 10-20% on a noisy machine). Prints
+throughput, p50/p99 latency, goodput (answers within ``--target-ms`` per second) and CPU per
+request (every process of the server) for each, with the machine named and its load average.
 """
 
 from __future__ import annotations
@@ -16,18 +21,22 @@ import io
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
+import psutil
 from onnx import TensorProto, helper, numpy_helper
 
-from loadtests.service_proc import REPO, ServiceProcess, http_get
+from loadtests.service_proc import DEFAULT_MODEL, REPO, ServiceProcess, http_get
+
+DIGITS = DEFAULT_MODEL
 
 
 def cifar_cnn(seed: int = 0) -> onnx.ModelProto:
@@ -86,6 +95,7 @@ class LoadResult:
     seconds: float
     latencies_s: list[float]
     statuses: Counter
+    ok_latencies_s: list[float] = field(default_factory=list)  # of the 200 answers
 
     @property
     def throughput(self) -> float:
@@ -114,6 +124,8 @@ async def _connection(port: int, request: bytes, until: float, out: LoadResult, 
             if start >= record:
                 out.latencies_s.append(time.perf_counter() - start)
                 out.statuses[status] += 1
+                if status == 200:
+                    out.ok_latencies_s.append(out.latencies_s[-1])
             if closed:
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -153,26 +165,43 @@ class PlainServer(ServiceProcess):
         return args + (["--model", str(self.onnx)] if self.onnx else ["--noop"])
 
 
-def engine_figures(url: str) -> tuple[float, float] | None:
-    """From the service's /metrics: mean engine batch size, and images per second of engine time
-    (what the engine alone sustained inside the service)."""
+class StandinService(ServiceProcess):
+    """gemmserve whose engine is ``loadtests.standin_server``'s fixed sleep per batch."""
+
+    def __init__(self, model: Path, log_path: Path, batch_ms: float, flags: dict):
+        super().__init__(model, log_path, flags=flags)
+        self.batch_ms = batch_ms
+
+    def command(self) -> list[str]:
+        args = super().command()
+        at = args.index("service")
+        return [*args[:at], "loadtests.standin_server", "--batch-ms", str(self.batch_ms), "--",
+                *args[at + 1 :]]  # fmt: skip
+
+
+def engine_figures(url: str) -> tuple[float, float, float] | None:
+    """From the service's /metrics: mean engine batch size, images per second of engine time
+    (what the engine alone sustained inside the service), and the engine's slowdown (batch
+    time in service over warm-up time; 0 where the service does not report it)."""
     text = http_get(url + "/metrics")[1].decode()
+    slowdown = re.search(r"^gemmserve_engine_slowdown_ratio (\S+)$", text, re.M)
     pattern = r"^gemmserve_(batch_size|inference_duration_seconds)_(sum|count) (\S+)$"
     found = {(m, k): float(v) for m, k, v in re.findall(pattern, text, re.M)}
     batches, images = found.get(("batch_size", "count")), found.get(("batch_size", "sum"))
     engine_s = found.get(("inference_duration_seconds", "sum"))
     if not batches or not engine_s:
         return None
-    return images / batches, images / engine_s
+    return images / batches, images / engine_s, float(slowdown.group(1)) if slowdown else 0.0
 
 
 def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far, all threads (Linux), else None."""
+    """User + system CPU seconds so far of process ``pid`` and its children (a supervisor's
+    engine and workers), all threads; None when it cannot be read."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        root = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in (root, *root.children(recursive=True)))
+    except psutil.Error:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(server: ServiceProcess, body: bytes, args) -> tuple[LoadResult, float | None]:
@@ -199,74 +228,127 @@ def machine() -> str:
     )
 
 
-def run_all(args: argparse.Namespace, model_dir: Path) -> list[tuple]:
-    x = np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)
-    buffer = io.BytesIO()
-    np.save(buffer, x, allow_pickle=False)
-    body = buffer.getvalue()
+def load_average() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def servers(args: argparse.Namespace, model_dir: Path) -> dict[str, ServiceProcess]:
+    """Every server this run may measure, by name."""
     logs = model_dir.parent
-    # One autotune cache for both service runs: the same algorithms per bucket in each, tuned once.
-    cache = {"autotune_cache": logs / "cifar.autotune.json"}
-    device = args.device
-    servers = {
-        "gemmserve (batching)": ServiceProcess(
-            model_dir, logs / "batching.log", flags=cache, device=device
+    # One autotune cache for every gemmserve run: the same algorithms per bucket, tuned once.
+    cache = {"autotune_cache": logs / "autotune.json"}
+
+    def gemmserve(log: str, **flags) -> ServiceProcess:
+        return ServiceProcess(model_dir, logs / log, flags={**cache, **flags}, device=args.device)
+
+    found = {
+        "gemmserve --workers 1": gemmserve("w1.log", workers=1),
+        "gemmserve --workers 2": gemmserve("w2.log", workers=2),
+        f"gemmserve --workers 2 --target-p99-ms {args.target_ms:g}": gemmserve(
+            "slo.log", workers=2, target_p99_ms=args.target_ms
         ),
-        "gemmserve --max-batch-size 1": ServiceProcess(
-            model_dir, logs / "single.log", flags={**cache, "max_batch_size": 1}, device=device
-        ),
+        "gemmserve --max-batch-size 1": gemmserve("single.log", max_batch_size=1),
         "plain FastAPI + onnxruntime": PlainServer(model_dir / "model.onnx", logs / "plain.log"),
         "no-op FastAPI endpoint": PlainServer(None, logs / "noop.log"),
     }
+    for workers in (1, 2):
+        found[f"stand-in engine ({args.standin_batch_ms:g} ms/batch), --workers {workers}"] = (
+            StandinService(model_dir, logs / f"standin{workers}.log", args.standin_batch_ms,
+                           {**cache, "workers": workers})
+        )  # fmt: skip
+    if args.baseline:
+        found["gemmserve, one process (baseline checkout)"] = ServiceProcess(
+            model_dir, logs / "baseline.log", flags=cache, cwd=args.baseline
+        )
+    return found
+
+
+def run_all(args: argparse.Namespace, model_dir: Path, body: bytes) -> list[tuple]:
+    chosen = {
+        name: server
+        for name, server in servers(args, model_dir).items()
+        if not args.only or any(o in name for o in args.only)
+    }
     rows = []
-    for name, server in servers.items():
-        if args.only and not any(o in name for o in args.only):
-            continue
-        with server:
-            result, cpu_ms = asyncio.run(measure(server, body, args))
-            figures = engine_figures(server.url) if "gemmserve" in name else None
-            rows.append((name, result, cpu_ms, figures))
-        print(f"  measured {name}: {result.throughput:.0f} req/s", file=sys.stderr)
+    for round_index in range(args.rounds):
+        names = list(chosen) if round_index % 2 == 0 else list(reversed(chosen))
+        for name in names:
+            with chosen[name] as server:
+                result, cpu_ms = asyncio.run(measure(server, body, args))
+                gemmserve = "gemmserve" in name or "stand-in" in name
+                figures = engine_figures(server.url) if gemmserve else None
+                rows.append((name, result, cpu_ms, figures))
+            print(f"  round {round_index + 1} {name}: {result.throughput:.0f} req/s, "
+                  f"load {load_average()}", file=sys.stderr)  # fmt: skip
     return rows
 
 
-def table(rows) -> str:
+def table(rows, target_ms: float) -> str:
     lines = [
-        "| server | req/s | p50 ms | p99 ms | non-200 | CPU ms/req | mean batch | engine img/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| server | req/s | p50 ms | p99 ms | goodput (<= {target_ms:g} ms)/s | non-200 | "
+        "CPU ms/req | mean batch | engine img/s | engine slowdown |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r, cpu_ms, figures in rows:
         bad = sum(n for s, n in r.statuses.items() if s != 200)
         p50, p99 = r.percentile_ms(50), r.percentile_ms(99)
+        good = sum(1 for t in r.ok_latencies_s if t * 1000 <= target_ms) / r.seconds
         cpu = "" if cpu_ms is None else f"{cpu_ms:.2f}"
-        engine = "| |" if figures is None else f"| {figures[0]:.1f} | {figures[1]:,.0f} |"
+        engine = "| | |"
+        if figures is not None:
+            engine = f"| {figures[0]:.1f} | {figures[1]:,.0f} | {figures[2]:.2f} |"
         lines.append(
-            f"| {name} | {r.throughput:,.0f} | {p50:.1f} | {p99:.1f} | {bad} | {cpu} {engine}"
+            f"| {name} | {r.throughput:,.0f} | {p50:.1f} | {p99:.1f} | {good:,.0f} | {bad} "
+            f"| {cpu} {engine}"
         )
     return "\n".join(lines)
 
 
+def model_and_body(net: str, tmp: Path) -> tuple[Path, bytes]:
+    """A model directory for ``net`` and one random .npy image of its input shape."""
+    if net == "digits":
+        model_dir, shape = DIGITS, (1, 8, 8)
+    else:
+        model_dir, shape = tmp / "cifar", (3, 32, 32)
+        model_dir.mkdir()
+        onnx.save(cifar_cnn(), model_dir / "model.onnx")
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, x, allow_pickle=False)
+    return model_dir, buffer.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--net", choices=["cifar", "digits"], default="cifar")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the order each round")
+    parser.add_argument("--target-ms", type=float, default=50.0, help="for goodput and the SLO")
+    parser.add_argument("--standin-batch-ms", type=float, default=2.0,
+                        help="the stand-in engine's sleep per batch (a fast GPU)")  # fmt: skip
+    parser.add_argument("--baseline", type=Path, help="another gemmserve checkout to measure")
     parser.add_argument("--only", nargs="*", help="run only servers whose name contains these")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                         help="the device gemmserve runs on")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gemmserve-compare-") as tmp:
-        model_dir = Path(tmp) / "cifar"
-        model_dir.mkdir()
-        onnx.save(cifar_cnn(), model_dir / "model.onnx")
-        rows = run_all(args, model_dir)
-    print(f"Machine: {machine()}")
+        work = Path(tmp) / "work"
+        work.mkdir()
+        model_dir, body = model_and_body(args.net, work)
+        # Logs and the cache beside the model; the bundled model's directory stays untouched.
+        if model_dir == DIGITS:
+            model_dir = work / "digits"
+            shutil.copytree(DIGITS, model_dir, ignore=shutil.ignore_patterns("*.autotune.json"))
+        rows = run_all(args, model_dir, body)
+    print(f"Machine: {machine()}; load average after the run: {load_average()}")
     print(
         f"Load: {args.connections} connections, closed loop, {args.seconds:.0f} s measured "
-        f"after {args.warmup_s:.0f} s warm-up, one 3x32x32 .npy image per request, gemmserve "
+        f"after {args.warmup_s:.0f} s warm-up, one {args.net} .npy image per request, gemmserve "
         f"on --device {args.device}"
     )
-    print(table(rows))
+    print(table(rows, args.target_ms))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,11 @@ class ServiceProcess:
     The service's output goes to ``log_path``.
     """
 
-    def __init__(self, model: Path, log_path: Path, flags: dict | None = None, device="cpu"):
+    def __init__(
+        self, model: Path, log_path: Path, flags: dict | None = None, device="cpu", cwd=REPO
+    ):
+        """``cwd``: the source tree to run (another checkout, to compare versions)."""
+        self.cwd = Path(cwd)
         self.model = Path(model)
         self.log_path = Path(log_path)
         self.flags = {"device": device, **(flags or {})}
@@ -74,7 +78,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
             )
         self.wait_ready(ready_timeout_s)
         return self

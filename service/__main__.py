@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import tempfile
+from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
 from service.config import Settings
-from service.http_protocol import HeadTimeoutProtocol
-from service.lifecycle import State
-from service.runtime import ModelFactory
-from service.server import DrainingServer
 
 
 def _shown(value: object) -> str:
@@ -52,30 +50,29 @@ def parse_settings(argv: list[str]) -> Settings:
         sys.exit(2)
 
 
-def main(argv: list[str] | None = None, model_factory: ModelFactory | None = None) -> int:
-    """Parse settings, serve until SIGTERM/SIGINT; exit code 1 if the model failed to load."""
+def main(argv: list[str] | None = None, model_factory=None) -> int:
+    """Parse settings, run the supervisor until SIGTERM/SIGINT; exit code 1 if the model failed
+    to load. ``model_factory(settings)`` (picklable) replaces the engine's loader (tests)."""
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app = create_app(settings, model_factory)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        server_header=False,
-        limit_concurrency=settings.max_concurrency,
-        timeout_keep_alive=int(max(1, settings.keep_alive_s)),
-        http=HeadTimeoutProtocol,  # a request head must also arrive within keep_alive_s
-        # The drain phase takes most of the grace period; uvicorn's own shutdown the rest.
-        timeout_graceful_shutdown=max(1, round(settings.graceful_shutdown_s * 0.2)),
-    )
-    lifecycle = app.state.runtime.lifecycle
-    DrainingServer(config, lifecycle, drain_s=settings.graceful_shutdown_s * 0.8).run()
-    return 1 if lifecycle.state is State.FAILED else 0
+    with tempfile.TemporaryDirectory(prefix="gemmserve-") as private:
+        # Before prometheus_client is imported here or in any child: every process of the
+        # service then records into this directory, and any worker's /metrics merges them.
+        metrics_dir = Path(private) / "metrics"
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        from service.supervisor import Supervisor
+
+        supervisor = Supervisor(settings, Path(private), model_factory)
+        code = supervisor.run()
+    if code == 0 and supervisor.signals:
+        # As uvicorn does after a graceful stop: end by the signal that asked for it.
+        signal.signal(supervisor.signals[0], signal.SIG_DFL)
+        signal.raise_signal(supervisor.signals[0])
+    return code
 
 
 if __name__ == "__main__":

@@ -62,6 +62,19 @@ class Settings(BaseSettings):
         "(less CPU per request next to the HTTP threads); blas: BLAS threads each GEMM",
     )
 
+    workers: int = Field(
+        2, ge=1, le=256, description="HTTP worker processes (the engine runs in one more)"
+    )
+    target_p99_ms: float | None = Field(
+        None,
+        gt=0,
+        le=3_600_000,
+        description="refuse (429) at once a request the queue would answer later than this",
+    )
+    shm_mib_per_worker: int = Field(
+        64, ge=1, le=65536, description="shared memory per worker for images in flight (/dev/shm)"
+    )
+
     # Limits (RELIABILITY.md "Defaults to ship").
     max_body_bytes: int = Field(16 * MIB, ge=1024, description="request body limit; 413")
     max_image_pixels: int = Field(
@@ -74,7 +87,9 @@ class Settings(BaseSettings):
     multipart_max_files: int = Field(64, ge=1, description="file parts in one multipart body")
     multipart_max_fields: int = Field(16, ge=0, description="other parts in one multipart body")
     multipart_max_headers: int = Field(16, ge=1, description="header lines per multipart part")
-    max_concurrency: int = Field(2048, ge=1, description="connections and tasks; then 503")
+    max_concurrency: int = Field(
+        2048, ge=1, description="connections and tasks per HTTP worker; then 503"
+    )
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive and request-head timeout")
     graceful_shutdown_s: float = Field(30.0, gt=0, description="drain time after SIGTERM")
     decode_threads: int = Field(4, ge=1, le=256, description="threads decoding request bodies")

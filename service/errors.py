@@ -49,6 +49,12 @@ class UnprocessableInput(ServiceError):
     status, code = 422, "unprocessable"
 
 
+class InvalidParameter(ServiceError):
+    """A query parameter or header outside its allowed values."""
+
+    status, code = 422, "invalid_parameter"
+
+
 class ModelNotFound(ServiceError):
     """A KServe route names a model this server does not serve."""
 
@@ -61,10 +67,22 @@ class QueueFullError(ServiceError):
     status, code, retry_after_s = 429, "queue_full", 1
 
 
+class WouldMissTarget(QueueFullError):
+    """With ``--target-p99-ms``: the queue ahead would make this request answer too late."""
+
+    code = "would_miss_target"
+
+
 class NotReadyError(ServiceError):
     """The model is still loading or the server is draining for shutdown."""
 
     status, code, retry_after_s = 503, "not_ready", 1
+
+
+class EngineUnavailable(ServiceError):
+    """The engine process is gone (crashed or restarting); the request did not complete."""
+
+    status, code, retry_after_s = 503, "engine_unavailable", 1
 
 
 class DeadlineExceeded(ServiceError):

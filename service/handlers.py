@@ -29,44 +29,60 @@ def error_response(request_path: str, status: int, code: str, message: str, **he
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
+async def service_error(request: Request, exc: Exception) -> JSONResponse:
+    err = to_service_error(exc)
+    if err.status >= 500 and err.status not in (503, 504):
+        log.error("request %s failed: %s", request.url.path, err.message)
+    headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else {}
+    if err.status == 413:
+        # The rest of the body is unread: close rather than read it as the next request.
+        headers["Connection"] = "close"
+    return error_response(request.url.path, err.status, err.code, err.message, **headers)
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+    return error_response(request.url.path, 422, "invalid_parameter", "; ".join(parts)[:500])
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
+    return error_response(request.url.path, exc.status_code, code, str(exc.detail), **headers)
+
+
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error on %s", request.url.path, exc_info=exc)
+    return error_response(request.url.path, 500, "internal", "internal server error")
+
+
+async def client_gone(request: Request, exc: Exception) -> JSONResponse:
+    # Nobody reads this answer; it only labels the request in the metrics.
+    err = ClientDisconnected("client disconnected while sending the body")
+    return error_response(request.url.path, err.status, err.code, err.message)
+
+
+# Most specific first: the handler for the first type an exception is an instance of.
+HANDLERS = (
+    (ClientDisconnect, client_gone),
+    (ServiceError, service_error),
+    (EngineError, service_error),
+    (RequestValidationError, validation_error),
+    (StarletteHTTPException, http_error),
+    (Exception, unexpected),
+)
+
+
+async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    """The response for any exception, by the same table FastAPI uses (for routes served
+    outside FastAPI's router: ``service.fastpath``)."""
+    handler = next(h for kind, h in HANDLERS if isinstance(exc, kind))
+    return await handler(request, exc)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the exception handlers: the single place errors become HTTP."""
-
-    async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        err = to_service_error(exc)
-        if err.status >= 500 and err.status not in (503, 504):
-            log.error("request %s failed: %s", request.url.path, err.message)
-        headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else {}
-        if err.status == 413:
-            # The rest of the body is unread: close rather than read it as the next request.
-            headers["Connection"] = "close"
-        return error_response(request.url.path, err.status, err.code, err.message, **headers)
-
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        parts = [
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
-        ]
-        return error_response(request.url.path, 422, "invalid_parameter", "; ".join(parts)[:500])
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        headers = dict(exc.headers or {})
-        return error_response(request.url.path, exc.status_code, code, str(exc.detail), **headers)
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
-        return error_response(request.url.path, 500, "internal", "internal server error")
-
-    async def client_gone(request: Request, exc: Exception) -> JSONResponse:
-        # Nobody reads this answer; it only labels the request in the metrics.
-        err = ClientDisconnected("client disconnected while sending the body")
-        return error_response(request.url.path, err.status, err.code, err.message)
-
-    app.add_exception_handler(ClientDisconnect, client_gone)
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(EngineError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
+    for kind, handler in HANDLERS:
+        app.add_exception_handler(kind, handler)

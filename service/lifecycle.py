@@ -20,9 +20,9 @@ class State(enum.Enum):
 class Lifecycle:
     """Tracks the service state and the work in flight. Used from the event loop only."""
 
-    def __init__(self, retry_after_s: int = 1):
+    def __init__(self, retry_after_s: int = 1, reason: str = "model loading"):
         self.state = State.STARTING
-        self.reason = "model loading"
+        self.reason = reason
         self.inflight = 0
         self.retry_after_s = retry_after_s
         # Set by whoever runs the server: asks it to stop (used when the model fails to load).
@@ -35,7 +35,14 @@ class Lifecycle:
         return self.state is State.READY
 
     def set_ready(self) -> None:
-        self.state, self.reason = State.READY, "ready"
+        """Admit requests (unless draining or failed: those states are final)."""
+        if self.state is State.STARTING:
+            self.state, self.reason = State.READY, "ready"
+
+    def set_unready(self, reason: str) -> None:
+        """Stop admitting until ``set_ready`` (the engine is restarting)."""
+        if self.state is State.READY:
+            self.state, self.reason = State.STARTING, reason
 
     def set_failed(self, reason: str) -> None:
         self.state, self.reason = State.FAILED, reason

@@ -1,12 +1,19 @@
 """Prometheus metrics: the only module that imports ``prometheus_client``.
 
-Fed from plain stats (``BatchStats`` from the batcher, one call per HTTP request). Each app gets
-its own registry, so several apps in one process (tests) never collide. Label values are bounded:
-routes are templates (or ``unmatched``), statuses are the few codes the service sends.
+Every process of the service records into prometheus-client's multiprocess directory
+(``PROMETHEUS_MULTIPROC_DIR``, a private temporary directory the supervisor sets before any child
+starts and removes at exit); whichever worker answers ``GET /metrics`` merges all of them, so one
+scrape shows the whole service: the workers' request histograms summed, the engine's batch
+histograms, and ``gemmserve_up`` per process kind. Values that change every moment (queue depth,
+images running, readiness) are read at scrape time instead of written on every change.
+
+Fed from plain stats (``BatchStats`` from the batcher, one call per HTTP request). Label values are
+bounded: routes are templates (or ``unmatched``), statuses are the few codes the service sends.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -16,20 +23,56 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 from service.batcher import BatchStats
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Every label value is written at start (as 0): a family is in each scrape before its first event.
+REJECT_REASONS = ("queue_full", "slo", "deadline", "cancelled", "shutdown")
+SPLIT_REASONS = ("oom", "error")
+# Read at scrape time: (name, help) -> the reader's key.
+LIVE_GAUGES = {
+    "queue_depth": ("gemmserve_queue_depth", "Images waiting for the engine"),
+    "running": ("gemmserve_batch_running_images", "Images in the batch being run now"),
+    "ready": ("gemmserve_ready", "1 when the service admits requests"),
+    "slowdown": (
+        "gemmserve_engine_slowdown_ratio",
+        "Engine time per batch in service over its warm-up time (moving average)",
+    ),
+}
+
+
+def process_dead(pid: int) -> None:
+    """Forget a dead process's live gauges (its ``up`` and in-flight count); counters stay."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+class _LiveGauges:
+    """A collector that reads the moment's values when scraped."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]):
+        self.read = read
+
+    def collect(self):
+        values = self.read()
+        for key, (name, text) in LIVE_GAUGES.items():
+            yield GaugeMetricFamily(name, text, value=float(values.get(key, 0.0)))
 
 
 class Metrics:
-    """Holds the service's collectors; implements the batcher's ``Observer``."""
+    """The service's collectors; implements the batcher's ``Observer``. ``kind`` names this
+    process (supervisor, engine, worker) in ``gemmserve_up``."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        # Declarations only: in multiprocess mode the values live in the shared directory.
         self.registry = CollectorRegistry()
         reg = self.registry
         self.request_duration = self._seconds(
@@ -53,9 +96,6 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
-        self.queue_depth = Gauge(
-            "gemmserve_queue_depth", "Images waiting for the engine", registry=reg
-        )
         self.images = Counter("gemmserve_images", "Images run by the engine", registry=reg)
         self.batch_splits = Counter(
             "gemmserve_batch_splits",
@@ -63,61 +103,51 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
-        self.running = Gauge(
-            "gemmserve_batch_running_images", "Images in the batch being run now", registry=reg
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)
+        for reason in SPLIT_REASONS:
+            self.batch_splits.labels(reason=reason)
+        self.inflight = self._gauge(
+            "gemmserve_requests_in_flight", "Inference requests being served", "livesum"
         )
-        self.ready = Gauge("gemmserve_ready", "1 when the service admits requests", registry=reg)
-        self.inflight = Gauge(
-            "gemmserve_requests_in_flight", "Inference requests being served", registry=reg
-        )
+        up = self._gauge("gemmserve_up", "Running processes by kind", "livesum", ["process"])
+        up.labels(process=kind).set(1)
 
     def _seconds(self, name: str, text: str, labels: tuple | list = ()) -> Histogram:
         return Histogram(name, text, labels, buckets=LATENCY_BUCKETS_S, registry=self.registry)
 
-    def bind(
-        self,
-        queue_depth: Callable[[], float],
-        running: Callable[[], float],
-        ready: Callable[[], float],
-        inflight: Callable[[], float],
-    ) -> None:
-        """Read these at scrape time instead of tracking every change."""
-        self.queue_depth.set_function(queue_depth)
-        self.running.set_function(running)
-        self.ready.set_function(ready)
-        self.inflight.set_function(inflight)
+    def _gauge(self, name: str, text: str, mode: str, labels: tuple | list = ()) -> Gauge:
+        return Gauge(name, text, labels, registry=self.registry, multiprocess_mode=mode)
 
     def set_autotune(self, info: dict) -> None:
         """The autotuner's counters after warm-up (tuning happens at load, so they stay put)."""
-        choices = Gauge(
+        choices = self._gauge(
             "gemmserve_autotune_choices",
             "Conv algorithm choices at load, by where they came from",
+            "livemax",
             ["source"],
-            registry=self.registry,
         )
         for source in ("hits", "misses", "defaults", "fallbacks"):
             choices.labels(source=source).set(float(info.get(source, 0)))
-        tuning = Gauge(
-            "gemmserve_autotune_tuning_seconds",
-            "Time spent timing candidates at load",
-            registry=self.registry,
+        tuning = self._gauge(
+            "gemmserve_autotune_tuning_seconds", "Time spent timing candidates at load", "livemax"
         )
         tuning.set(float(info.get("tuning_seconds", 0.0)))
 
-    def bind_gpu_memory(
-        self, used_bytes: Callable[[], float], total_bytes: Callable[[], float]
-    ) -> None:
+    def set_gpu_memory(self, memory: dict) -> None:
         """On a GPU only: device memory in use (by anything on the device), and its total."""
-        used = Gauge(
-            "gemmserve_gpu_memory_used_bytes",
-            "GPU memory in use on the device (total minus free: all processes and contexts)",
-            registry=self.registry,
-        )
-        total = Gauge(
-            "gemmserve_gpu_memory_total_bytes", "GPU memory of the device", registry=self.registry
-        )
-        used.set_function(used_bytes)
-        total.set_function(total_bytes)
+        if not hasattr(self, "gpu_used"):
+            self.gpu_used = self._gauge(
+                "gemmserve_gpu_memory_used_bytes",
+                "GPU memory in use on the device (total minus free: all processes and contexts)",
+                "livemax",
+            )
+            self.gpu_total = self._gauge(
+                "gemmserve_gpu_memory_total_bytes", "GPU memory of the device", "livemax"
+            )
+        total = float(memory["device_total_bytes"])
+        self.gpu_used.set(total - float(memory["device_free_bytes"]))
+        self.gpu_total.set(total)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.request_duration.labels(route=route, status=str(status)).observe(seconds)
@@ -135,6 +165,22 @@ class Metrics:
     def on_split(self, reason: str) -> None:
         self.batch_splits.labels(reason=reason).inc()
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition."""
-        return generate_latest(self.registry)
+    def render(self, live: Callable[[], dict[str, float]]) -> bytes:
+        """The Prometheus text exposition of the whole service; ``live()`` gives the moment's
+        queue depth, running images and readiness."""
+        if os.environ.get(MULTIPROC_ENV):
+            stored = multiprocess.MultiProcessCollector(None)
+        else:  # one process alone (a tool, or a test calling the app directly)
+            stored = self.registry
+        return generate_latest(_Sources(stored, _LiveGauges(live)))
+
+
+class _Sources:
+    """Several collectors scraped as one registry."""
+
+    def __init__(self, *sources):
+        self.sources = sources
+
+    def collect(self):
+        for source in self.sources:
+            yield from source.collect()

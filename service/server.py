@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from types import FrameType
 
 import uvicorn
@@ -17,8 +18,17 @@ log = logging.getLogger("gemmserve")
 class DrainingServer(uvicorn.Server):
     """A ``uvicorn.Server`` whose first SIGTERM/SIGINT drains before the usual shutdown."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        lifecycle: Lifecycle,
+        drain_s: float,
+        ignore_interrupts: bool = False,
+    ):
+        """``ignore_interrupts``: a supervised worker leaves Ctrl-C to its supervisor, which
+        sends SIGTERM to each worker in turn."""
         super().__init__(config)
+        self.ignore_interrupts = ignore_interrupts
         self.lifecycle = lifecycle
         self.drain_s = drain_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -33,6 +43,8 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGINT and self.ignore_interrupts:
+            return
         if self._draining or self._loop is None or not self.started:
             super().handle_exit(sig, frame)  # a second signal, or still starting: stop now
             return

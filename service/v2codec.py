@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.decode import parse_json
 from service.errors import MalformedRequest, UnprocessableInput
 
 DATATYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
@@ -40,10 +41,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
                 f"a {len(body)}-byte body"
             )
         json_bytes, tail = body[: int(header_length)], memoryview(body)[int(header_length) :]
-    try:
-        header = json.loads(json_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"invalid JSON inference header: {exc}") from None
+    header = parse_json(json_bytes, "invalid JSON inference header")
     if not isinstance(header, dict):
         raise MalformedRequest("inference request must be a JSON object")
     return header, tail
@@ -75,7 +73,7 @@ def _input_array(spec: dict, tail: memoryview, offset: int) -> tuple[np.ndarray,
         return data.reshape(shape).astype(np.float32), offset + size
     try:
         data = np.asarray(spec.get("data"), dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise MalformedRequest("input data must be numbers (flat or nested lists)") from None
     if data.size != count:
         raise MalformedRequest(f"input data has {data.size} values; {list(shape)} needs {count}")

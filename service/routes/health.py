@@ -30,10 +30,10 @@ async def readyz(rt: Rt) -> dict:
 @router.get("/model", responses={503: {"description": "model not loaded yet"}})
 async def model_info(rt: Rt) -> dict:
     """The engine's description of the model plus the service settings."""
-    if rt.spec is None:
+    if rt.description is None:
         rt.lifecycle.check_ready()
-    spec = rt.spec
-    info = dict(rt.model_info)
+    spec = rt.description.spec
+    info = dict(rt.description.info)
     info.update(
         name=spec.name,
         labels=list(spec.labels) if spec.labels else None,
@@ -48,6 +48,7 @@ async def model_info(rt: Rt) -> dict:
         },
         output_kind=spec.output,
         service=rt.settings.public(),
-        bucket_seconds=rt.bucket_seconds,
+        bucket_seconds=rt.description.bucket_seconds,
+        processes=rt.processes(),
     )
     return jsonable_encoder(info)

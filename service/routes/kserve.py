@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from service import SERVER_NAME, __version__
 from service.errors import ModelNotFound, UnsupportedMediaType
+from service.fastpath import FastRoute
 from service.routes import runtime
 from service.routes.predict import ERRORS
-from service.runtime import Runtime
+from service.runtime import Decoded, Runtime
 from service.v2codec import encode_response, parse_request
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -26,9 +27,9 @@ INFER_ERRORS = {**ERRORS, **NOT_SERVED}
 
 def served(rt: Runtime, name: str, version: str = MODEL_VERSION) -> Runtime:
     """Check the path names the served model (404 otherwise) and that it is loaded (503)."""
-    if rt.spec is None:
+    if rt.description is None:
         rt.lifecycle.check_ready()
-    if name != rt.spec.name or version != MODEL_VERSION:
+    if name != rt.description.name or version != MODEL_VERSION:
         raise ModelNotFound(f"model {name!r} version {version!r} is not served here")
     return rt
 
@@ -56,10 +57,9 @@ async def ready(rt: Rt) -> dict:
 @router.get("/models/{name}/versions/{version}", responses=NOT_SERVED)
 async def model_metadata(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
     """Inputs and outputs of the served model (batch dimension -1)."""
-    rt = served(rt, name, version)
-    model = rt.model
+    model = served(rt, name, version).description
     return {
-        "name": rt.spec.name,
+        "name": model.name,
         "versions": [MODEL_VERSION],
         "platform": "gemmserve",
         "inputs": [
@@ -82,30 +82,47 @@ async def model_ready(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
 @router.post("/models/{name}/infer", responses=INFER_ERRORS)
 @router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS)
 async def infer(
-    name: str,
     request: Request,
-    rt: Rt,
+    name: str,
     version: str = MODEL_VERSION,
     inference_header_content_length: Annotated[str | None, Header()] = None,
     content_encoding: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Run the model on a JSON or binary tensor; answer in the form the client asked for."""
-    with rt.lifecycle.admit():
-        served(rt, name, version)
-        if content_encoding not in (None, "identity"):
-            raise UnsupportedMediaType(f"Content-Encoding {content_encoding!r} is not accepted")
-        rt.check_capacity()
-        body = await request.body()
-        model = rt.model
-        header_length = inference_header_content_length
-        parsed = await rt.blocking(
-            parse_request, body, header_length, model.input_name, model.output_name
-        )
-        batch = await rt.blocking(rt.decoder.tensor, parsed.tensor)
-        ranked = await rt.infer(request, batch, parsed.timeout_ms)
-    outputs = np.stack([r.output for r in ranked])
-    content, header_length = encode_response(parsed, rt.spec.name, model.output_name, outputs)
-    if header_length is None:
+    # The parameters are declared for the schema; requests are served by ``service.fastpath``.
+    return await infer_tensor(request)
+
+
+async def infer_tensor(request: Request) -> Response:
+    """The ``infer`` routes' work, from the request alone (``service.fastpath`` calls it)."""
+    rt: Runtime = request.app.state.runtime
+    rt.lifecycle.check_ready()
+    params = request.path_params
+    model = served(rt, params["name"], params.get("version", MODEL_VERSION)).description
+    content_encoding = request.headers.get("content-encoding")
+    if content_encoding not in (None, "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {content_encoding!r} is not accepted")
+    header_length = request.headers.get("inference-header-content-length")
+
+    def parse(body: bytes) -> Decoded:
+        parsed = parse_request(body, header_length, model.input_name, model.output_name)
+        return Decoded(rt.decoder.tensor(parsed.tensor), parsed.timeout_ms, parsed)
+
+    outputs, decoded = await rt.run(request, parse)
+    content, json_length = encode_response(decoded.context, model.name, model.output_name, outputs)
+    if json_length is None:
         return Response(content, media_type="application/json")
-    headers = {"Inference-Header-Content-Length": str(header_length)}
+    headers = {"Inference-Header-Content-Length": str(json_length)}
     return Response(content, media_type="application/octet-stream", headers=headers)
+
+
+FAST_ROUTES = [
+    FastRoute(
+        "/v2/models/{name}/infer", re.compile(r"/v2/models/(?P<name>[^/]+)/infer"), infer_tensor
+    ),
+    FastRoute(
+        "/v2/models/{name}/versions/{version}/infer",
+        re.compile(r"/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer"),
+        infer_tensor,
+    ),
+]

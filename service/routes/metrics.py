@@ -15,5 +15,5 @@ router = APIRouter(tags=["monitoring"])
 
 @router.get("/metrics", response_class=Response)
 async def metrics(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    """Prometheus text exposition of the service's metrics."""
-    return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
+    """Prometheus text exposition of the whole service's metrics (every process)."""
+    return Response(rt.metrics.render(rt.live_metrics), media_type=rt.metrics.content_type)

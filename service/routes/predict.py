@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.results import result
-from service.routes import runtime
-from service.runtime import Runtime
+from service.errors import InvalidParameter
+from service.fastpath import FastRoute
+from service.results import rank_batch, result
+from service.runtime import Decoded, Runtime
 
 router = APIRouter(tags=["predict"])
 
@@ -81,29 +82,71 @@ class PredictResponse(BaseModel):
     results: list[Result]
 
 
+# Declared here for the schema; read by ``predict_params`` (FastAPI's per-parameter validation
+# cost more CPU per request than the rest of the route).
+PARAMETERS = [
+    {"name": "top_k", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": 100_000},
+     "description": "predictions per image (default: the service's --top-k)"},
+    {"name": "raw", "in": "query", "required": False,
+     "schema": {"type": "boolean", "default": False},
+     "description": "add the model's output vector to each result"},
+    {"name": "x-timeout-ms", "in": "header", "required": False,
+     "schema": {"type": "number", "minimum": 1, "maximum": 3_600_000},
+     "description": "shorter deadline, in ms"},
+]  # fmt: skip
+TRUE, FALSE = {"1", "true", "on", "yes", "y", "t"}, {"0", "false", "off", "no", "n", "f"}
+
+
+def _number(text: str, name: str, low: float, high: float, kind=float) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise InvalidParameter(f"{name}: {text[:40]!r} is not a valid {kind.__name__}") from None
+    if not low <= value <= high:
+        raise InvalidParameter(f"{name}: {value} is outside {low}..{high}")
+    return value
+
+
+def predict_params(request: Request, default_top_k: int) -> tuple[int, bool, float | None]:
+    """``top_k``, ``raw`` and ``X-Timeout-Ms`` of a ``/predict`` request (422 when invalid)."""
+    query, top_k, raw = request.query_params, default_top_k, False
+    if "top_k" in query:
+        top_k = int(_number(query["top_k"], "query.top_k", 1, 100_000, int))
+    if "raw" in query:
+        flag = query["raw"].lower()
+        if flag not in TRUE | FALSE:
+            raise InvalidParameter(f"query.raw: {query['raw'][:40]!r} is not a boolean")
+        raw = flag in TRUE
+    timeout = request.headers.get("x-timeout-ms")
+    timeout_ms = None if timeout is None else _number(timeout, "header.x-timeout-ms", 1, 3_600_000)
+    return top_k, raw, timeout_ms
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
     responses=ERRORS,
-    openapi_extra=REQUEST_BODY,
+    openapi_extra={**REQUEST_BODY, "parameters": PARAMETERS},
 )
-async def predict(
-    request: Request,
-    rt: Annotated[Runtime, Depends(runtime)],
-    top_k: Annotated[int | None, Query(ge=1, le=100_000)] = None,
-    raw: bool = False,
-    x_timeout_ms: Annotated[
-        float | None, Header(ge=1, le=3_600_000, description="shorter deadline, in ms")
-    ] = None,
-) -> JSONResponse:
+async def predict(request: Request) -> JSONResponse:
     """Classify each image of the body; one result per image, in order."""
-    with rt.lifecycle.admit():
-        rt.check_capacity()
-        body = await request.body()
-        batch = await rt.blocking(rt.decoder.decode, request.headers.get("content-type"), body)
-        outputs = await rt.infer(request, batch, x_timeout_ms)
-    k = top_k or rt.settings.top_k
-    answer = {"model": rt.spec.name, "results": [result(o, rt.spec, k, raw) for o in outputs]}
+    rt: Runtime = request.app.state.runtime
+    top_k, raw, timeout_ms = predict_params(request, rt.settings.top_k)
+    content_type = request.headers.get("content-type")
+
+    def parse(body: bytes) -> Decoded:
+        return Decoded(rt.decoder.decode(content_type, body))
+
+    outputs, _ = await rt.run(request, parse, timeout_ms)
+    spec = rt.description.spec
+    answer = {
+        "model": spec.name,
+        "results": [result(r, spec, top_k, raw) for r in rank_batch(outputs, spec)],
+    }
     # Built to the schema already: skip re-validating it through the response model.
     return JSONResponse(answer)
+
+
+FAST_ROUTES = [FastRoute("/predict", re.compile(r"/predict"), predict)]

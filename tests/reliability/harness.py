@@ -24,7 +24,7 @@ from PIL import Image
 from tests.processes import terminate
 
 REPO = Path(__file__).resolve().parents[2]
-PORT_LINE = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+PORT_LINE = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 START_TIMEOUT_S = 60.0
 # One client for every test: thread-safe, and creating one costs more than a request.
 http = httpx.Client(timeout=30)

@@ -20,9 +20,10 @@ KEEP_ALIVE_S = 2  # also the deadline for a whole request head
 
 @pytest.fixture(scope="module")
 def server(server_factory):
-    server = server_factory(
-        "--max-concurrency", str(MAX_CONCURRENCY), "--keep-alive-s", str(KEEP_ALIVE_S)
-    )
+    # One worker: the concurrency limit is each worker's (uvicorn's, per process), and which
+    # worker accepts a connection is the kernel's choice.
+    flags = ["--max-concurrency", str(MAX_CONCURRENCY), "--keep-alive-s", str(KEEP_ALIVE_S)]
+    server = server_factory(*flags, "--workers", "1")
     yield server
     server.stop()
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.errors import OutOfMemoryError
 from service.__main__ import main
-from service.runtime import load_engine_model
+from service.model_setup import load_engine_model
 from tests.engine.faults import break_conv
 
 
@@ -67,18 +67,23 @@ def parse_faults(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class FaultyFactory:
+    """The model factory the engine process calls (picklable: it travels to that process)."""
+
+    def __init__(self, faults: argparse.Namespace):
+        self.faults = faults
+
+    def __call__(self, settings):
+        time.sleep(self.faults.load_delay_s)
+        model = load_engine_model(settings)
+        if self.faults.wrong_conv:
+            break_conv(model, self.faults.wrong_conv)
+        return FaultyModel(model, self.faults)
+
+
 def run(argv: list[str]) -> int:
     split = argv.index("--")
-    faults = parse_faults(argv[:split])
-
-    def factory(settings):
-        time.sleep(faults.load_delay_s)
-        model = load_engine_model(settings)
-        if faults.wrong_conv:
-            break_conv(model, faults.wrong_conv)
-        return FaultyModel(model, faults)
-
-    return main(argv[split + 1 :], model_factory=factory)
+    return main(argv[split + 1 :], model_factory=FaultyFactory(parse_faults(argv[:split])))
 
 
 if __name__ == "__main__":

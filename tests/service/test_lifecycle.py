@@ -147,8 +147,11 @@ def test_importing_the_service_loads_nothing(model_dir):
         "import sys\n"
         "from service.app import create_app\n"
         "from service.config import Settings\n"
-        f"app = create_app(Settings(model={str(model_dir)!r}))\n"
-        "assert app.state.runtime.model is None\n"
+        "from service.engine_client import EngineAddress\n"
+        "from service.runtime import WorkerLink\n"
+        "address = EngineAddress('/nonexistent.sock', b'key', 'gemmserve-test-', 1 << 20, 1)\n"
+        f"app = create_app(Settings(model={str(model_dir)!r}), WorkerLink(address, 'none', 1))\n"
+        "assert app.state.runtime.description is None\n"
         "assert 'cupy' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)

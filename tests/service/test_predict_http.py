@@ -190,3 +190,28 @@ def test_metrics_exposition_parses(server):
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True
         )
         assert run.returncode == 0, run.stdout + run.stderr
+
+
+DEEP = 200_000  # far past the JSON parser's nesting limit
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/predict", b'{"instances": ' + b"[" * DEEP + b"]" * DEEP + b"}"),
+        ("/predict", b"[" * DEEP),  # unterminated as well
+        ("/v2/models/tiny/infer", b'{"inputs": ' + b"[" * DEEP + b"]" * DEEP + b"}"),
+        ("/v2/models/tiny/infer", b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", '
+         b'"data": ' + b"[" * 900 + b"1" + b"]" * 900 + b"}]}"),
+    ],
+    ids=["predict-200k", "predict-unterminated", "v2-200k", "v2-data-900"],
+)  # fmt: skip
+def test_deeply_nested_json_is_a_4xx_not_a_500(server, path, body):
+    response = httpx.post(
+        server.url + path, content=body, headers={"content-type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    error = response.json()["error"]
+    assert isinstance(error, dict if path == "/predict" else str)
+    assert "Traceback" not in response.text
+    assert httpx.get(server.url + "/readyz").status_code == 200  # the worker lives on
