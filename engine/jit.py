@@ -170,6 +170,7 @@ def load_source(name: str, source: str):
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(source)
             os.replace(tmp, path)
+        log.info("kernel %s: compiling, or loading from %s", key, compiler().cache_dir)
         started = time.perf_counter()
         spec = importlib.util.spec_from_file_location(f"_gemmserve_kernel_{key}", path)
         module = importlib.util.module_from_spec(spec)

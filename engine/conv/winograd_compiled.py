@@ -1,5 +1,5 @@
-"""Winograd F(2x2, 3x3) compiled with numba: one call per thread runs transforms, the 16
-batched GEMMs and the fused epilogue chunk by chunk (``winograd_source``)."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) compiled with numba: one call per thread runs the
+transforms, the batched GEMMs and the fused epilogue chunk by chunk (``winograd_source``)."""
 
 from __future__ import annotations
 
@@ -11,41 +11,53 @@ from engine import jit
 from engine.activations import apply_activation
 from engine.backends.base import pad_into
 from engine.conv.base import ConvAlgorithm
-from engine.conv.implicit_gemm import tile_for
 from engine.conv.microkernel import epilogue_bounds
 from engine.conv.spec import ConvSpec, Epilogue
-from engine.conv.winograd import ceil_div, filter_tiles
+from engine.conv.winograd import Winograd3x3, ceil_div, filter_tiles
 from engine.conv.winograd_f2x2_3x3 import WinogradF2x2
+from engine.conv.winograd_f4x4_3x3 import WinogradF4x4
 from engine.conv.winograd_source import winograd_source
 from engine.threads import cpu_cores, run_in_threads
 
+#: the batched GEMMs' register tile (pixels = tiles, output channels), one for every layer: each
+#: tile is one more compile of the whole driver (about a minute for F(4x4)); 6 x 16 was 1.3x
+#: faster than 4 x 24 on a 32-channel layer (the short channel loop favours more pixels per
+#: weight load)
+GEMM_TILE = (6, 16)
 
-def winograd_kernel(pixels: int, kb: int):
-    """The compiled driver for one GEMM register tile."""
-    return jit.load_source(f"winograd_f2_p{pixels}_k{kb}", winograd_source(pixels, kb)).winograd
+
+def winograd_kernel(base: type[Winograd3x3], pixels: int, kb: int):
+    """The compiled driver of ``base``'s transforms for one GEMM register tile."""
+    source = winograd_source(base.BT, base.AT, pixels, kb)
+    return jit.load_source(f"winograd_f{base.m}_p{pixels}_k{kb}", source).winograd
 
 
-class WinogradF2x2Compiled(ConvAlgorithm):
-    """3x3 stride-1 single-group convolutions, any padding, on the CPU when numba is installed."""
+class WinogradCompiled(ConvAlgorithm):
+    """``base``'s convolutions (3x3, stride 1, one group, any padding) on the CPU, when numba
+    is installed; subclasses set ``base``."""
 
-    name = "winograd_f2x2_compiled"
+    base: ClassVar[type[Winograd3x3]]
     devices = ("cpu",)
-    #: bytes of one chunk's (16, T, C) + (16, T, K) scratch: about one core's L2
+    #: bytes of one chunk's (a*a, T, C) + (a*a, T, K) scratch: about one core's L2
     chunk_bytes: ClassVar[int] = 1 << 19
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:
-        return WinogradF2x2.applicable(spec) and spec.layout == "NHWC" and jit.available()
+        return cls.base.applicable(spec) and spec.layout == "NHWC" and jit.available()
+
+    @classmethod
+    def positions(cls) -> int:
+        return (cls.base.m + 2) ** 2
 
     @classmethod
     def tiles(cls, spec: ConvSpec) -> tuple[int, int]:
-        return ceil_div(spec.out_h, 2), ceil_div(spec.out_w, 2)
+        return cls.base.tiles(spec)
 
     @classmethod
     def chunk(cls, spec: ConvSpec) -> int:
-        """Tiles per chunk: a multiple of 4 (the GEMM's pixel tile) within chunk_bytes."""
-        tiles = cls.chunk_bytes // (16 * 4 * (spec.c + spec.k))
-        return max(4, min(256, tiles // 4 * 4))
+        """Tiles per chunk: a multiple of 6 (the GEMM's pixel tile) within chunk_bytes."""
+        tiles = cls.chunk_bytes // (cls.positions() * 4 * (spec.c + spec.k))
+        return max(6, min(240, tiles // 6 * 6))
 
     @classmethod
     def parts(cls, spec: ConvSpec) -> list[tuple[int, int]]:
@@ -64,18 +76,23 @@ class WinogradF2x2Compiled(ConvAlgorithm):
     @classmethod
     def padded_shape(cls, spec: ConvSpec) -> tuple[int, int, int, int]:
         th, tw = cls.tiles(spec)
-        return spec.n, 2 * th + 2, 2 * tw + 2, spec.c
+        return spec.n, cls.base.m * th + 2, cls.base.m * tw + 2, spec.c
+
+    @classmethod
+    def scratch_elems(cls, spec: ConvSpec) -> int:
+        return cls.positions() * cls.chunk(spec) * (spec.c + spec.k)
 
     @classmethod
     def workspace_elems(cls, spec: ConvSpec) -> int:
-        scratch = 16 * cls.chunk(spec) * (spec.c + spec.k)
+        scratch = cls.scratch_elems(spec)
         return int(np.prod(cls.padded_shape(spec))) + len(cls.parts(spec)) * scratch
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.pixels, self.kb = tile_for(spec.k)
-        self.kernel = winograd_kernel(self.pixels, self.kb)
-        self.u = self.shared(f"winograd_f2_k{self.kb}", weight, lambda: self.blocked(weight))
+        self.pixels, self.kb = GEMM_TILE
+        self.kernel = winograd_kernel(self.base, self.pixels, self.kb)
+        layout = f"winograd_f{self.base.m}_k{self.kb}"
+        self.u = self.shared(layout, weight, lambda: self.blocked(weight))
         self.zero_bias = np.zeros(self.u.shape[1] * self.kb, np.float32)
         bounds = epilogue_bounds(spec.epilogue)
         self.after = bounds is None
@@ -83,12 +100,12 @@ class WinogradF2x2Compiled(ConvAlgorithm):
         self.geometry = [self._geometry(part) for part in self.parts(spec)]
 
     def blocked(self, weight) -> np.ndarray:
-        """G g G^T as (16, K/kb, C, kb), K zero-padded."""
-        u = filter_tiles(WinogradF2x2.G, weight)  # (16, C, K)
-        blocks = ceil_div(self.spec.k, self.kb)
-        padded = np.zeros((16, self.spec.c, blocks * self.kb), np.float32)
+        """G g G^T as (a*a, K/kb, C, kb), K zero-padded."""
+        u = filter_tiles(self.base.G, weight)  # (a*a, C, K)
+        blocks, a2 = ceil_div(self.spec.k, self.kb), self.positions()
+        padded = np.zeros((a2, self.spec.c, blocks * self.kb), np.float32)
         padded[:, :, : self.spec.k] = u
-        shape = (16, self.spec.c, blocks, self.kb)
+        shape = (a2, self.spec.c, blocks, self.kb)
         return np.ascontiguousarray(padded.reshape(shape).transpose(0, 2, 1, 3))
 
     def _geometry(self, part) -> np.ndarray:
@@ -102,7 +119,7 @@ class WinogradF2x2Compiled(ConvAlgorithm):
         spec = self.spec
         shape = self.padded_shape(spec)
         padded = workspace[: int(np.prod(shape))].reshape(shape)
-        scratch = 16 * self.chunk(spec) * (spec.c + spec.k)
+        scratch = self.scratch_elems(spec)
         rest = workspace[padded.size :]
         if spec.n < cpu_cores():  # threads share images: pad them all first
             pad_into(padded, x, self._pads())
@@ -129,9 +146,20 @@ class WinogradF2x2Compiled(ConvAlgorithm):
         whole_images = spec.n >= cpu_cores()
         if whole_images:
             pad_into(padded[n0:n1], x[n0:n1], self._pads())
-        v = scratch[: 16 * self.chunk(spec) * spec.c]
+        v = scratch[: self.positions() * self.chunk(spec) * spec.c]
         m = scratch[v.size :]
         self.kernel(padded.reshape(-1), self.u.reshape(-1), np.asarray(self.bias),
                     self.zero_bias, out.reshape(-1), v, m, geometry, *self.bounds)  # fmt: skip
         if self.after and whole_images:
             self._activate(out[n0:n1])
+
+
+class WinogradF2x2Compiled(WinogradCompiled):
+    name = "winograd_f2x2_compiled"
+    base = WinogradF2x2
+
+
+class WinogradF4x4Compiled(WinogradCompiled):
+    name = "winograd_f4x4_compiled"
+    base = WinogradF4x4
+    tolerance = WinogradF4x4.tolerance

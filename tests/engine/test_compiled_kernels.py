@@ -14,9 +14,10 @@ import pytest
 
 from engine import jit
 from engine.backends import NumpyBackend
-from engine.conv import Epilogue, candidates
+from engine.conv import ALGORITHMS, Epilogue, candidates
 from engine.conv.implicit_gemm import TILES, conv_kernel, tile_for
-from engine.conv.winograd_compiled import WinogradF2x2Compiled
+from engine.conv.winograd_compiled import WinogradCompiled
+from engine.conv.winograd_source import linear
 from tests.engine.conv_cases import (
     EPILOGUES,
     make_problem,
@@ -27,7 +28,7 @@ from tests.engine.conv_cases import (
 from tests.engine.reference import rel_error
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPILED = ("implicit_gemm", "winograd_f2x2_compiled")
+COMPILED = ("implicit_gemm", "winograd_f2x2_compiled", "winograd_f4x4_compiled")
 BACKEND = NumpyBackend()
 
 # (n, c, h, w, k, r, s, pads, strides, dilations, groups): the 3-channel first layer, every
@@ -57,14 +58,22 @@ def test_compiled_matches_float64(name, index):
     assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
 
 
-def test_winograd_chunks_smaller_than_a_thread_share(monkeypatch):
+@pytest.mark.parametrize("name", COMPILED[1:])
+def test_winograd_chunks_smaller_than_a_thread_share(monkeypatch, name):
     """Several chunks per thread, the last one short: every tile is transformed once."""
-    monkeypatch.setattr(WinogradF2x2Compiled, "chunk_bytes", 16 * 4 * (16 + 16) * 8)
-    spec = make_spec((3, 16, 11, 13, 16, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1), Epilogue("relu"))
-    assert WinogradF2x2Compiled.chunk(spec) == 8
+    monkeypatch.setattr(WinogradCompiled, "chunk_bytes", 16 * 4 * (16 + 16) * 12)
+    spec = make_spec((3, 16, 13, 13, 16, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1), Epilogue("relu"))
+    algo = ALGORITHMS[name]
+    th, tw = algo.tiles(spec)
+    assert algo.chunk(spec) % 6 == 0 and 2 * algo.chunk(spec) < th * tw
     x, weight, bias = make_problem(spec, seed=3)
-    y = run_algorithm("winograd_f2x2_compiled", spec, x, weight, bias, BACKEND)
+    y = run_algorithm(name, spec, x, weight, bias, BACKEND)
     assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
+
+
+def test_transform_sums_written_out():
+    assert linear([1, 0, -1, 0], ["a", "b", "c", "d"]) == "a - c"
+    assert linear([0, -4, 0.5], ["a", "b", "c"]) == "-np.float32(4.0) * b + np.float32(0.5) * c"
 
 
 def test_tiles_by_output_channels():
