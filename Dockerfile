@@ -65,14 +65,17 @@ COPY models/digits/model.onnx models/digits/model.json ./models/digits/
 
 # The same defaults as `make run`, except the bind address (a container must listen on all
 # interfaces; Compose publishes 127.0.0.1:8000 only) and the autotune cache, which lives in a
-# directory meant for a volume so restarts skip tuning. CuPy's compiled kernels go there too:
-# the root filesystem is read-only at run time. GEMMSERVE_WORKERS HTTP worker processes hand
-# images to the engine process in /dev/shm: run with --shm-size 256m (Compose sets shm_size).
+# directory meant for a volume so restarts skip tuning. CuPy's and numba's compiled kernels go
+# there too: the root filesystem is read-only at run time. numba's kernels are keyed on the
+# host CPU, so the first start on a new kind of host compiles them (before /readyz) and later
+# starts load them from the volume. GEMMSERVE_WORKERS HTTP worker processes hand images to the
+# engine process in /dev/shm: run with --shm-size 256m (Compose sets shm_size).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     CUPY_CACHE_DIR=/var/cache/gemmserve/cupy \
+    GEMMSERVE_KERNEL_CACHE=/var/cache/gemmserve/kernels \
     GEMMSERVE_MODEL=/app/models/digits \
     GEMMSERVE_HOST=0.0.0.0 \
     GEMMSERVE_PORT=8000 \

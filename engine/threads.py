@@ -11,6 +11,10 @@ Two ways to use the cores (``load_model(cpu_threading=...)``):
   to one thread while they split the batch across the engine's workers. 10-25% faster for a
   process that does nothing but run the model (benchmarks, offline batch jobs).
 
+The numba-compiled conv algorithms (engine/jit.py) use the same pool under both policies: their
+kernels release the GIL and run through ``run_in_threads`` with BLAS held to one thread, and
+numba's own parallel regions are never used, so no second thread pool competes with BLAS's.
+
 The autotune cache records the policy in its device fingerprint: winners timed under one are
 not reused under the other.
 """

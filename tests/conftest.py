@@ -4,8 +4,18 @@ the backends that run the CUDA kernels (a GPU, or their CPU emulator)."""
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import pytest
+
+#: numba's compiled kernels, shared by every test and every process the tests start (they
+#: inherit the environment), and kept between runs: only the first run compiles
+KERNEL_CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "gemmserve-kernels"
+
+
+def pytest_configure(config):
+    os.environ.setdefault("GEMMSERVE_KERNEL_CACHE", str(KERNEL_CACHE))
 
 
 @functools.cache

@@ -30,7 +30,7 @@ log = logging.getLogger("engine.autotune")
 
 SCHEMA_VERSION = 1
 _ENGINE_DIR = Path(__file__).resolve().parent.parent
-_KERNEL_SOURCES = ("conv/*.py", "kernels/*.cu")
+_KERNEL_SOURCES = ("conv/*.py", "kernels/*.cu", "jit.py")
 
 
 @functools.cache

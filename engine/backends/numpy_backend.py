@@ -7,6 +7,7 @@ import platform
 
 import numpy as np
 
+from engine import jit
 from engine.backends.base import Backend
 from engine.threads import blas_scope, cpu_cores
 
@@ -71,4 +72,6 @@ class NumpyBackend(Backend):
             "cores": cpu_cores(),
             "cpu_threading": self.cpu_threading,
             "numpy": np.__version__,
+            # the compiled kernels' compiler and settings (None: numba missing, none offered)
+            "kernels": jit.compiler().fingerprint() if jit.available() else None,
         }

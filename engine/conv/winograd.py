@@ -88,10 +88,7 @@ class Winograd3x3(ConvAlgorithm):
         self.region = self.region_elems(spec, self.chunk)
 
     def transform(self, weight: np.ndarray) -> np.ndarray:
-        """G w G^T for every (k, c): the (a*a, C, K) filter tiles, computed in float64."""
-        a, g = self.m + 2, np.asarray(self.G, np.float64)
-        u = np.einsum("ir,kcrs,js->ijck", g, np.asarray(weight, np.float64), g)
-        return u.reshape(a * a, self.spec.c, self.spec.k).astype(np.float32)
+        return filter_tiles(self.G, weight)
 
     def __call__(self, x, out, workspace) -> None:
         for n0 in range(0, self.spec.n, self.chunk):
@@ -138,3 +135,11 @@ class Winograd3x3(ConvAlgorithm):
             self.xp.maximum(y, 0, out=target)
         else:
             target[...] = y
+
+
+def filter_tiles(g: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """G w G^T for every (k, c): the (a*a, C, K) filter tiles, computed in float64."""
+    g = np.asarray(g, np.float64)
+    a, (k, c) = g.shape[0], weight.shape[:2]
+    u = np.einsum("ir,kcrs,js->ijck", g, np.asarray(weight, np.float64), g)
+    return u.reshape(a * a, c, k).astype(np.float32)

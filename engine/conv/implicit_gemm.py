@@ -1,0 +1,116 @@
+"""Direct NHWC convolution as an implicit GEMM (cuDNN's IMPLICIT_GEMM), compiled with numba.
+
+The GEMM of im2col + GEMM, with the im2col rows read in place from the input inside the inner
+loop: no gather pass and no separate bias/activation pass. The register tile (output pixels x
+output channels, ``microkernel``) is chosen by the layer's channel count. Any kernel size,
+stride, dilation and padding; single-group convolutions only (grouped ones stay on the GEMM
+algorithms). The batch (or, below one image per core, the output rows) is split across the
+engine's worker threads; the kernel releases the GIL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import jit
+from engine.activations import apply_activation
+from engine.backends.base import pad_into
+from engine.conv.base import ConvAlgorithm
+from engine.conv.microkernel import conv_source, epilogue_bounds
+from engine.conv.spec import ConvSpec, Epilogue
+from engine.threads import cpu_cores, run_in_threads
+
+#: (pixels, output channels) per register tile by the layer's output channels: 4 x 24 keeps 12
+#: AVX2 accumulators for 7 loads (75 GFLOP/s on one EPYC core at K = 64), narrower layers waste
+#: less with narrower tiles
+TILES = ((8, (8, 8)), (16, (4, 16)), (None, (4, 24)))
+
+
+def tile_for(k: int) -> tuple[int, int]:
+    return next(tile for limit, tile in TILES if limit is None or k <= limit)
+
+
+def conv_kernel(pixels: int, kb: int):
+    """The compiled kernel for one register tile (compiled once, then from the disk cache)."""
+    return jit.load_source(f"conv_p{pixels}_k{kb}", conv_source(pixels, kb)).conv
+
+
+def blocked_weights(weight: np.ndarray, kb: int) -> np.ndarray:
+    """(K, C, R, S) -> flat (K/kb, R, S, C, kb), K zero-padded to a multiple of kb."""
+    k, c, r, s = weight.shape
+    blocks = -(-k // kb)
+    padded = np.zeros((blocks * kb, c, r, s), np.float32)
+    padded[:k] = weight
+    return np.ascontiguousarray(padded.reshape(blocks, kb, c, r, s).transpose(0, 3, 4, 2, 1))
+
+
+def split_work(spec: ConvSpec) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, oh0, oh1) per core: images when there are enough, else bands of rows."""
+    cores = cpu_cores()
+    if spec.n >= cores:
+        bounds = [spec.n * i // cores for i in range(cores + 1)]
+        return [(a, b, 0, spec.out_h) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = min(cores, spec.out_h)
+    bounds = [spec.out_h * i // parts for i in range(parts + 1)]
+    return [(0, spec.n, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class ImplicitGemm(ConvAlgorithm):
+    """Single-group convolutions of any shape on the CPU, when numba is installed."""
+
+    name = "implicit_gemm"
+    devices = ("cpu",)
+
+    @classmethod
+    def applicable(cls, spec: ConvSpec) -> bool:
+        return spec.groups == 1 and spec.layout == "NHWC" and jit.available()
+
+    @classmethod
+    def workspace_elems(cls, spec: ConvSpec) -> int:
+        ph, pw = spec.padded_hw
+        return spec.n * ph * pw * spec.c if spec.has_padding else 0
+
+    def __init__(self, spec, weight, bias, backend):
+        super().__init__(spec, weight, bias, backend)
+        self.pixels, self.kb = tile_for(spec.k)
+        self.kernel = conv_kernel(self.pixels, self.kb)
+        layout = f"implicit_gemm_k{self.kb}"
+        self.weights = self.shared(layout, weight, lambda: blocked_weights(weight, self.kb))
+        blocks = self.weights.shape[0]
+        self.bias_padded = np.zeros(blocks * self.kb, np.float32)
+        self.bias_padded[: spec.k] = np.asarray(self.bias)
+        bounds = epilogue_bounds(spec.epilogue)
+        self.after = bounds is None  # an activation the kernel does not fuse runs afterwards
+        self.bounds = tuple(np.float32(v) for v in (bounds or epilogue_bounds(Epilogue())))
+        ph, pw = spec.padded_hw
+        self.parts = split_work(spec)
+        self.geometry = [self._geometry(ph, pw, blocks, part) for part in self.parts]
+
+    def _geometry(self, ph, pw, blocks, part) -> np.ndarray:
+        s = self.spec
+        n0, n1, oh0, oh1 = part
+        return np.array([ph, pw, s.c, s.out_h, s.out_w, s.k, s.r, s.s, *s.strides,
+                         *s.dilations, n0, n1, oh0, oh1, blocks], np.int64)  # fmt: skip
+
+    def __call__(self, x, out, workspace) -> None:
+        spec = self.spec
+        source = x
+        if spec.has_padding:
+            ph, pw = spec.padded_hw
+            source = workspace[: spec.n * ph * pw * spec.c].reshape(spec.n, ph, pw, spec.c)
+            if spec.n < len(self.parts):  # row bands share images: pad them all first
+                pad_into(source, x, spec.pads)
+        calls = [(x, source, out, part, g) for part, g in zip(self.parts, self.geometry)]
+        run_in_threads(self._part, calls)
+
+    def _part(self, x, source, out, part, geometry) -> None:
+        n0, n1, oh0, oh1 = part
+        spec = self.spec
+        if spec.has_padding and spec.n >= len(self.parts):  # this thread's own images
+            pad_into(source[n0:n1], x[n0:n1], spec.pads)
+        flat = source.reshape(-1)
+        self.kernel(flat, self.weights.reshape(-1), self.bias_padded, out.reshape(-1),
+                    geometry, *self.bounds)  # fmt: skip
+        if self.after:
+            e = spec.epilogue
+            apply_activation(np, out[n0:n1, oh0:oh1], e.kind, e.alpha, e.beta)

@@ -1,0 +1,165 @@
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) compiled with numba: one call per thread runs the
+transforms, the batched GEMMs and the fused epilogue chunk by chunk (``winograd_source``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from engine import jit
+from engine.activations import apply_activation
+from engine.backends.base import pad_into
+from engine.conv.base import ConvAlgorithm
+from engine.conv.microkernel import epilogue_bounds
+from engine.conv.spec import ConvSpec, Epilogue
+from engine.conv.winograd import Winograd3x3, ceil_div, filter_tiles
+from engine.conv.winograd_f2x2_3x3 import WinogradF2x2
+from engine.conv.winograd_f4x4_3x3 import WinogradF4x4
+from engine.conv.winograd_source import winograd_source
+from engine.threads import cpu_cores, run_in_threads
+
+#: the batched GEMMs' register tile (pixels = tiles, output channels), one for every layer: each
+#: tile is one more compile of the whole driver (about a minute for F(4x4)); 6 x 16 was 1.3x
+#: faster than 4 x 24 on a 32-channel layer (the short channel loop favours more pixels per
+#: weight load)
+GEMM_TILE = (6, 16)
+
+
+def winograd_kernel(base: type[Winograd3x3], pixels: int, kb: int):
+    """The compiled driver of ``base``'s transforms for one GEMM register tile."""
+    source = winograd_source(base.BT, base.AT, pixels, kb)
+    return jit.load_source(f"winograd_f{base.m}_p{pixels}_k{kb}", source).winograd
+
+
+class WinogradCompiled(ConvAlgorithm):
+    """``base``'s convolutions (3x3, stride 1, one group, any padding) on the CPU, when numba
+    is installed; subclasses set ``base``."""
+
+    base: ClassVar[type[Winograd3x3]]
+    devices = ("cpu",)
+    #: bytes of one chunk's (a*a, T, C) + (a*a, T, K) scratch: about one core's L2
+    chunk_bytes: ClassVar[int] = 1 << 19
+
+    @classmethod
+    def applicable(cls, spec: ConvSpec) -> bool:
+        return cls.base.applicable(spec) and spec.layout == "NHWC" and jit.available()
+
+    @classmethod
+    def positions(cls) -> int:
+        return (cls.base.m + 2) ** 2
+
+    @classmethod
+    def tiles(cls, spec: ConvSpec) -> tuple[int, int]:
+        return cls.base.tiles(spec)
+
+    @classmethod
+    def chunk(cls, spec: ConvSpec) -> int:
+        """Tiles per chunk: a multiple of 6 (the GEMM's pixel tile) within chunk_bytes."""
+        tiles = cls.chunk_bytes // (cls.positions() * 4 * (spec.c + spec.k))
+        return max(6, min(240, tiles // 6 * 6))
+
+    @classmethod
+    def parts(cls, spec: ConvSpec) -> list[tuple[int, int]]:
+        """[t0, t1) of the flattened (N, TH, TW) tile grid per core, whole images when the
+        batch has one per core (each thread then pads its own images)."""
+        th, tw = cls.tiles(spec)
+        per_image = th * tw
+        cores = cpu_cores()
+        if spec.n >= cores:
+            bounds = [spec.n * i // cores * per_image for i in range(cores + 1)]
+        else:
+            total = spec.n * per_image
+            bounds = [total * i // cores for i in range(cores + 1)]
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    @classmethod
+    def padded_shape(cls, spec: ConvSpec) -> tuple[int, int, int, int]:
+        th, tw = cls.tiles(spec)
+        return spec.n, cls.base.m * th + 2, cls.base.m * tw + 2, spec.c
+
+    @classmethod
+    def scratch_elems(cls, spec: ConvSpec) -> int:
+        return cls.positions() * cls.chunk(spec) * (spec.c + spec.k)
+
+    @classmethod
+    def workspace_elems(cls, spec: ConvSpec) -> int:
+        scratch = cls.scratch_elems(spec)
+        return int(np.prod(cls.padded_shape(spec))) + len(cls.parts(spec)) * scratch
+
+    def __init__(self, spec, weight, bias, backend):
+        super().__init__(spec, weight, bias, backend)
+        self.pixels, self.kb = GEMM_TILE
+        self.kernel = winograd_kernel(self.base, self.pixels, self.kb)
+        layout = f"winograd_f{self.base.m}_k{self.kb}"
+        self.u = self.shared(layout, weight, lambda: self.blocked(weight))
+        self.zero_bias = np.zeros(self.u.shape[1] * self.kb, np.float32)
+        bounds = epilogue_bounds(spec.epilogue)
+        self.after = bounds is None
+        self.bounds = tuple(np.float32(v) for v in (bounds or epilogue_bounds(Epilogue())))
+        self.geometry = [self._geometry(part) for part in self.parts(spec)]
+
+    def blocked(self, weight) -> np.ndarray:
+        """G g G^T as (a*a, K/kb, C, kb), K zero-padded."""
+        u = filter_tiles(self.base.G, weight)  # (a*a, C, K)
+        blocks, a2 = ceil_div(self.spec.k, self.kb), self.positions()
+        padded = np.zeros((a2, self.spec.c, blocks * self.kb), np.float32)
+        padded[:, :, : self.spec.k] = u
+        shape = (a2, self.spec.c, blocks, self.kb)
+        return np.ascontiguousarray(padded.reshape(shape).transpose(0, 2, 1, 3))
+
+    def _geometry(self, part) -> np.ndarray:
+        s = self.spec
+        _, hp, wp, _ = self.padded_shape(s)
+        th, tw = self.tiles(s)
+        return np.array([hp, wp, s.c, s.out_h, s.out_w, s.k, th, tw, *part, self.chunk(s),
+                         self.u.shape[1]], np.int64)  # fmt: skip
+
+    def __call__(self, x, out, workspace) -> None:
+        spec = self.spec
+        shape = self.padded_shape(spec)
+        padded = workspace[: int(np.prod(shape))].reshape(shape)
+        scratch = self.scratch_elems(spec)
+        rest = workspace[padded.size :]
+        if spec.n < cpu_cores():  # threads share images: pad them all first
+            pad_into(padded, x, self._pads())
+        calls = [(x, padded, out, g, rest[i * scratch : (i + 1) * scratch])
+                 for i, g in enumerate(self.geometry)]  # fmt: skip
+        run_in_threads(self._part, calls)
+        if self.after and spec.n < cpu_cores():  # (whole images: each thread did its own)
+            self._activate(out)
+
+    def _activate(self, out) -> None:
+        e = self.spec.epilogue
+        apply_activation(np, out, e.kind, e.alpha, e.beta)
+
+    def _pads(self) -> tuple[int, int, int, int]:
+        spec = self.spec
+        _, hp, wp, _ = self.padded_shape(spec)
+        top, left = spec.pads[0], spec.pads[1]
+        return top, left, hp - spec.h - top, wp - spec.w - left
+
+    def _part(self, x, padded, out, geometry, scratch) -> None:
+        spec = self.spec
+        th, tw = self.tiles(spec)
+        n0, n1 = geometry[8] // (th * tw), geometry[9] // (th * tw)
+        whole_images = spec.n >= cpu_cores()
+        if whole_images:
+            pad_into(padded[n0:n1], x[n0:n1], self._pads())
+        v = scratch[: self.positions() * self.chunk(spec) * spec.c]
+        m = scratch[v.size :]
+        self.kernel(padded.reshape(-1), self.u.reshape(-1), np.asarray(self.bias),
+                    self.zero_bias, out.reshape(-1), v, m, geometry, *self.bounds)  # fmt: skip
+        if self.after and whole_images:
+            self._activate(out[n0:n1])
+
+
+class WinogradF2x2Compiled(WinogradCompiled):
+    name = "winograd_f2x2_compiled"
+    base = WinogradF2x2
+
+
+class WinogradF4x4Compiled(WinogradCompiled):
+    name = "winograd_f4x4_compiled"
+    base = WinogradF4x4
+    tolerance = WinogradF4x4.tolerance

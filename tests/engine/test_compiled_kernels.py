@@ -1,0 +1,179 @@
+"""The numba-compiled conv algorithms: numerics on the shapes they specialise for, numba's
+settings and disk cache, and an engine that still runs where numba is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import jit
+from engine.backends import NumpyBackend
+from engine.conv import ALGORITHMS, Epilogue, candidates
+from engine.conv.implicit_gemm import TILES, conv_kernel, tile_for
+from engine.conv.winograd_compiled import WinogradCompiled
+from engine.conv.winograd_source import linear
+from tests.engine.conv_cases import (
+    EPILOGUES,
+    make_problem,
+    make_spec,
+    reference_nhwc,
+    run_algorithm,
+)
+from tests.engine.reference import rel_error
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPILED = ("implicit_gemm", "winograd_f2x2_compiled", "winograd_f4x4_compiled")
+BACKEND = NumpyBackend()
+
+# (n, c, h, w, k, r, s, pads, strides, dilations, groups): the 3-channel first layer, every
+# register tile (K = 8, 16, 24 and over) with channel remainders, widths off the pixel tile,
+# odd output sizes (partial Winograd tiles), a batch below and above the core count
+SHAPES = (
+    (1, 3, 32, 32, 32, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    (3, 3, 17, 19, 8, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    (5, 16, 13, 11, 40, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    (2, 32, 9, 15, 16, 3, 3, (0, 1, 2, 1), (1, 1), (1, 1), 1),
+    (1, 24, 15, 15, 64, 3, 3, (1, 1, 1, 1), (2, 2), (1, 1), 1),
+    (4, 12, 14, 10, 20, 5, 5, (2, 1, 2, 3), (1, 2), (2, 1), 1),
+    (3, 64, 8, 8, 30, 1, 1, (0, 0, 0, 0), (1, 1), (1, 1), 1),
+)
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("index", range(len(SHAPES)))
+def test_compiled_matches_float64(name, index):
+    spec = make_spec(SHAPES[index], EPILOGUES[index % len(EPILOGUES)])
+    if name not in candidates(spec):
+        assert name != "implicit_gemm"  # it runs every single-group conv
+        pytest.skip(f"{name} does not apply to {spec.key()}")
+    x, weight, bias = make_problem(spec, seed=index)
+    y = run_algorithm(name, spec, x, weight, bias, BACKEND)
+    assert np.isfinite(y).all()
+    assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
+
+
+@pytest.mark.parametrize("name", COMPILED[1:])
+def test_winograd_chunks_smaller_than_a_thread_share(monkeypatch, name):
+    """Several chunks per thread, the last one short: every tile is transformed once."""
+    monkeypatch.setattr(WinogradCompiled, "chunk_bytes", 16 * 4 * (16 + 16) * 12)
+    spec = make_spec((3, 16, 13, 13, 16, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1), Epilogue("relu"))
+    algo = ALGORITHMS[name]
+    th, tw = algo.tiles(spec)
+    assert algo.chunk(spec) % 6 == 0 and 2 * algo.chunk(spec) < th * tw
+    x, weight, bias = make_problem(spec, seed=3)
+    y = run_algorithm(name, spec, x, weight, bias, BACKEND)
+    assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
+
+
+def test_transform_sums_written_out():
+    assert linear([1, 0, -1, 0], ["a", "b", "c", "d"]) == "a - c"
+    assert linear([0, -4, 0.5], ["a", "b", "c"]) == "-np.float32(4.0) * b + np.float32(0.5) * c"
+
+
+def test_tiles_by_output_channels():
+    assert [tile_for(k) for k in (3, 8, 9, 16, 17, 128)] == [
+        (8, 8), (8, 8), (4, 16), (4, 16), (4, 24), (4, 24)]  # fmt: skip
+    assert TILES[-1][0] is None
+
+
+def test_numba_configured_before_it_compiles():
+    compiler = jit.compiler()
+    from numba.core import config
+
+    assert config.SLP_VECTORIZE == 1
+    assert compiler.cache_dir.name == jit.cache_key(compiler.settings)
+    settings = compiler.settings
+    assert settings["slp_vectorize"] == "1" and settings["cpu_name"]
+    assert settings["fastmath"] == "arcp,contract,ninf,nnan,nsz"
+    assert BACKEND.fingerprint()["kernels"] == compiler.fingerprint()
+
+
+def test_cache_directory_keyed_on_machine_code_settings():
+    settings = dict(jit.compiler().settings)
+    changed = [
+        {**settings, "slp_vectorize": "0"},
+        {**settings, "cpu_name": "other"},
+        {**settings, "numba": "0.0"},
+        {**settings, "fastmath": "fast"},
+    ]
+    keys = {jit.cache_key(s) for s in changed}
+    assert len(keys) == len(changed) and jit.cache_key(settings) not in keys
+
+
+def run_python(code: str, **env) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_a_second_process_loads_kernels_from_the_disk_cache():
+    conv_kernel(*tile_for(32))  # compiled (or loaded) here first
+    code = (
+        "import json\n"
+        "from engine.conv.implicit_gemm import conv_kernel, tile_for\n"
+        "kernel = conv_kernel(*tile_for(32))\n"
+        "print(json.dumps({'hits': sum(kernel.stats.cache_hits.values()),"
+        " 'misses': sum(kernel.stats.cache_misses.values())}))\n"
+    )
+    stats = json.loads(run_python(code).strip().splitlines()[-1])
+    assert stats == {"hits": 1, "misses": 0}
+
+
+NO_NUMBA = """
+import sys
+sys.modules["numba"] = None  # import numba now raises ImportError
+sys.modules["llvmlite"] = None
+import json
+import numpy as np
+from engine import load_model
+from engine.conv import ALGORITHMS, candidates
+from tests.engine.conv_cases import make_spec, SHAPES
+from tests.engine.onnx_builders import single_node
+from tests.engine.reference import conv2d_nchw
+
+rng = np.random.default_rng(5)
+w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+onnx_model = single_node("Conv", {{"x": x}}, {{"w": w}}, pads=[1, 1, 1, 1])
+model = load_model(onnx_model, batch_sizes=(2,), autotune_cache="{cache}")
+y = model(x)
+ref = conv2d_nchw(x, w, None, (1, 1, 1, 1), (1, 1), (1, 1), 1)
+offered = {{n for s in SHAPES for n in candidates(make_spec(s))}}
+print(json.dumps({{
+    "error": float(np.linalg.norm(y - ref) / np.linalg.norm(ref)),
+    "compiled_offered": sorted(offered & {{"implicit_gemm", "winograd_f2x2_compiled"}}),
+    "registered": "implicit_gemm" in ALGORITHMS,
+    "numba_imported": sys.modules.get("numba") is not None,
+}}))
+"""
+
+
+def test_engine_runs_without_numba(tmp_path):
+    code = NO_NUMBA.format(cache=tmp_path / "tune.json")
+    result = json.loads(run_python(code).strip().splitlines()[-1])
+    assert result["error"] < 1e-5
+    assert result["compiled_offered"] == []
+    assert result["registered"] and not result["numba_imported"]
+
+
+def test_importing_engine_compiles_nothing():
+    code = (
+        "import sys\n"
+        "import engine, engine.conv, engine.model\n"
+        "print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))\n"
+    )
+    assert run_python(code).strip().splitlines()[-1] == "[]"
