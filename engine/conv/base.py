@@ -41,7 +41,9 @@ class ConvAlgorithm:
         self.backend = backend
         self.xp = backend.xp
         bias = np.zeros(spec.k, np.float32) if bias is None else bias
-        self.bias = backend.asarray(np.ascontiguousarray(bias, dtype=np.float32))
+        # A copy: an ONNX initializer is often a read-only view of the file's bytes, and a
+        # compiled kernel's signature takes writable arrays only.
+        self.bias = backend.asarray(np.array(bias, dtype=np.float32, order="C"))
 
     def shared(self, what: str, weight: np.ndarray, make):
         """``make()``'s re-laid weights in layout ``what``, made once per layer and shared by

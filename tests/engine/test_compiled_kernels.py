@@ -58,6 +58,17 @@ def test_compiled_matches_float64(name, index):
     assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
 
 
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_takes_read_only_weights_and_bias(name):
+    """ONNX initializers arrive as read-only arrays (views of the model file's bytes)."""
+    spec = make_spec(SHAPES[0], EPILOGUES[0])
+    x, weight, bias = make_problem(spec, seed=7)
+    weight, bias = weight.copy(), bias.copy()
+    weight.flags.writeable = bias.flags.writeable = False
+    y = run_algorithm(name, spec, x, weight, bias, BACKEND)
+    assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
+
+
 @pytest.mark.parametrize("name", COMPILED[1:])
 def test_winograd_chunks_smaller_than_a_thread_share(monkeypatch, name):
     """Several chunks per thread, the last one short: every tile is transformed once."""
