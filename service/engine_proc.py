@@ -1,10 +1,12 @@
-"""The engine process: the only process that loads the model and touches the device.
+"""The engine process: the only process that loads models and touches the device.
 
-It owns the model, the autotune cache, the device and the one batcher; HTTP workers connect to it
-over a Unix socket (``service.protocol``) and hand it images through shared memory
-(``service.shm``). Requests from every worker meet in the same queue, so batches form across
-workers. The process has two busy threads: the engine thread (the batcher's, which runs the model)
-and an asyncio loop that reads the workers' messages and answers them; no HTTP, no decoding.
+It owns every model, the autotune cache, the device and each model's batcher; HTTP workers
+connect to it over a Unix socket (``service.protocol``) and hand it images through shared memory
+(``service.shm``). Requests for a model from every worker meet in that model's queue, so batches
+form across workers. The process has two busy threads: the engine thread (``service.scheduler``:
+it loads the models and runs every batch, sharing its time fairly between the models) and an
+asyncio loop that reads the workers' messages and answers them; no HTTP, no decoding. A model
+that fails to load fails alone; the process stops only when none loaded.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from service import protocol
 from service.admission import SLOWDOWN_SCALE
 from service.batcher import Batcher, BatchStats
 from service.config import Settings
-from service.errors import ModelNotFound, NotReadyError, to_service_error
+from service.errors import ModelNotFound, ModelUnavailable, NotReadyError, to_service_error
 from service.metrics import Metrics
-from service.model_setup import ModelFactory, setup_model
+from service.model_setup import ModelFactory, model_settings, setup_model
 from service.processes import die_with_parent, ignore_interrupts
+from service.repository import ModelEntry
+from service.scheduler import Scheduler
 from service.shm import Board, SlotArena
 
 log = logging.getLogger("gemmserve.engine")
@@ -59,7 +63,7 @@ class WorkerLink:
 
     def __init__(self, conn: Connection):
         self.conn = conn
-        self.arena: SlotArena | None = None
+        self.arenas: dict[str, SlotArena] = {}  # by model name
         self.cancels: dict[int, asyncio.Future] = {}
         self.closed = False
 
@@ -72,19 +76,17 @@ class WorkerLink:
             self.closed = True  # the reader sees the same and drops the link
 
 
-class EngineHost:
-    """The batcher, the model and every worker link of one engine process."""
+class ServedModel:
+    """One model in the engine: its queue, its state and, once loaded, the model itself. Also
+    its batcher's observer (metrics labelled with the model's name, and the slowdown)."""
 
-    def __init__(self, args: EngineArgs):
-        self.args = args
-        self.settings = args.settings
-        self.metrics = Metrics("engine")
-        self.board = Board.attach(args.board_name, args.workers)
+    def __init__(self, host: EngineHost, entry: ModelEntry):
+        self.host, self.entry, self.name = host, entry, entry.name
+        self.state, self.reason = protocol.LOADING, ""
         self.description: protocol.ModelDescription | None = None
-        self.links: list[WorkerLink] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.model: Any = None
-        s = self.settings
+        self.cost_s: Callable[[int], float] | None = None
+        s = host.settings
         self.batcher = Batcher(
             self._setup,
             max_batch_size=s.max_batch_size,
@@ -92,38 +94,107 @@ class EngineHost:
             max_delay_ms=s.max_delay_ms,
             retry_after_s=s.retry_after_s,
             observer=self,
+            scheduler=host.scheduler,
         )
-        self._cost_s: Callable[[int], float] | None = None
-        self._slowdown = 1.0
+        host.metrics.add_model(self.name)
 
     def _setup(self) -> Callable[[np.ndarray], list[np.ndarray]]:
         """Runs on the engine thread: the model's whole set-up, then the batch function."""
-        loaded = setup_model(self.settings, self.args.model_factory)
+        settings = model_settings(self.host.settings, self.entry)
+        loaded = setup_model(settings, self.host.args.model_factory)
         if loaded.cost_s is not None:
             self.batcher.set_cost_model(loaded.cost_s)
-            self._cost_s = loaded.cost_s
-        self.metrics.set_autotune(dict(loaded.description.info.get("autotune") or {}))
+            self.cost_s = loaded.cost_s
+        autotune = dict(loaded.description.info.get("autotune") or {})
+        self.host.metrics.set_autotune(autotune, self.name)
         self.model, self.description = loaded.model, loaded.description
-        self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
         model = loaded.model
         # A copy: the engine reuses its output buffer for the next batch.
         return lambda x: list(np.array(model(x), np.float32, copy=True))
 
+    async def load(self) -> None:
+        """Load on the engine thread; a failure fails this model alone, with its reason."""
+        try:
+            await self.batcher.start()
+        except Exception as exc:  # noqa: BLE001 - reported as the model's state
+            log.error("model failed to load (%s): %s: %s", self.name, type(exc).__name__, exc)
+            log.debug("model load traceback", exc_info=exc)
+            self.state, self.reason = protocol.FAILED, f"{type(exc).__name__}: {exc}"
+            return
+        self.state = protocol.READY
+
+    def status(self) -> protocol.ModelStatus:
+        return protocol.ModelStatus(self.name, self.state, self.reason, self.description)
+
+    def check_serving(self) -> protocol.ModelDescription:
+        """The description, when the model answers requests; its error otherwise."""
+        if self.state == protocol.READY:
+            return self.description
+        if self.state == protocol.FAILED:
+            raise ModelUnavailable(f"model {self.name!r} failed to load: {self.reason}")
+        retry_s = self.host.settings.retry_after_s
+        raise NotReadyError(f"model {self.name!r} is {self.state}", retry_s)
+
     # ---- the batcher's observer: metrics, and the slowdown the workers' admission reads ----
 
     def on_batch(self, stats: BatchStats) -> None:
-        self.metrics.on_batch(stats)
-        if self._cost_s is not None:
-            # Clamped: one stalled batch must not shut admission for the next dozens.
-            ratio = min(stats.inference_s / max(self._cost_s(stats.size), 1e-9), MAX_SLOWDOWN)
-            self._slowdown += SLOWDOWN_WEIGHT * (ratio - self._slowdown)
-            self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
+        self.host.metrics.on_batch(stats, self.name)
+        if self.cost_s is not None:
+            self.host.on_slowdown(stats.inference_s / max(self.cost_s(stats.size), 1e-9))
 
     def on_reject(self, reason: str, count: int) -> None:
-        self.metrics.on_reject(reason, count)
+        self.host.metrics.on_reject(reason, count, self.name)
 
     def on_split(self, reason: str) -> None:
-        self.metrics.on_split(reason)
+        self.host.metrics.on_split(reason, self.name)
+
+
+class EngineHost:
+    """Every model, the one engine thread (the scheduler) and every worker link of one engine
+    process."""
+
+    def __init__(self, args: EngineArgs):
+        self.args = args
+        self.settings = args.settings
+        self.metrics = Metrics("engine")
+        self.board = Board.attach(args.board_name, args.workers)
+        self.scheduler = Scheduler()
+        self.models: dict[str, ServedModel] = {}
+        self.settled = False
+        self.links: list[WorkerLink] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._slowdown = 1.0
+
+    def on_slowdown(self, ratio: float) -> None:
+        """One batch's time over its warm-up time, folded into the average the workers read."""
+        ratio = min(ratio, MAX_SLOWDOWN)  # one stalled batch must not shut admission for long
+        self._slowdown += SLOWDOWN_WEIGHT * (ratio - self._slowdown)
+        self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
+
+    def catalog(self) -> protocol.Catalog:
+        models = {name: served.status() for name, served in self.models.items()}
+        return protocol.Catalog(models, self.settled)
+
+    def broadcast(self) -> None:
+        """Every worker learns every model's state."""
+        message = (protocol.CATALOG, self.catalog())
+        for link in self.links:
+            link.send(message)
+
+    async def load_all(self) -> bool:
+        """Load every model of the settings, reporting each as it settles; any ready?"""
+        self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
+        for entry in self.settings.entries():
+            self.models[entry.name] = ServedModel(self, entry)
+
+        async def load(served: ServedModel) -> None:
+            await served.load()
+            self.broadcast()
+
+        await asyncio.gather(*(load(served) for served in self.models.values()))
+        self.settled = True
+        self.broadcast()
+        return any(m.state == protocol.READY for m in self.models.values())
 
     # ---- the process --------------------------------------------------------------------------
 
@@ -136,22 +207,22 @@ class EngineHost:
             os.unlink(self.args.socket_path)
         listener = Listener(self.args.socket_path, "AF_UNIX", authkey=self.args.authkey)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        try:
-            await self.batcher.start()
-        except Exception as exc:  # noqa: BLE001 - a load failure stops the service, with its reason
-            log.error("model failed to load: %s: %s", type(exc).__name__, exc)
-            log.debug("model load traceback", exc_info=exc)
-            for link in self.links:
-                link.send((protocol.FAILED, f"model failed to load: {exc}"))
+        if not await self.load_all():
+            log.error("no model loaded; stopping")
             return LOAD_FAILED_EXIT
-        for link in self.links:
-            link.send((protocol.MODEL, self.description))
         ticker = asyncio.ensure_future(self._publish(stop))
         await stop.wait()
         ticker.cancel()
-        await asyncio.to_thread(self.batcher.close, self.settings.graceful_shutdown_s)
+        await asyncio.to_thread(self._close, self.settings.graceful_shutdown_s)
         listener.close()
         return 0
+
+    def _close(self, grace_s: float) -> None:
+        """Every queue drains (bounded by ``grace_s`` in all), then the engine thread stops."""
+        end = time.monotonic() + grace_s
+        for served in list(self.models.values()):
+            served.batcher.close(max(0.0, end - time.monotonic()))
+        self.scheduler.close(max(0.0, end - time.monotonic()))
 
     def _accept(self, listener: Listener) -> None:
         """Accept thread: each new worker connection is handed to the loop."""
@@ -169,14 +240,13 @@ class EngineHost:
         """Keep the board's queue figures fresh (workers admit by them) and the GPU gauges."""
         cells, gpu_due = self.board.cells, 0.0
         while not stop.is_set():
-            cells[Board.DEPTH] = self.batcher.depth
-            cells[Board.RUNNING] = self.batcher.running
-            if (
-                self.model is not None
-                and self.model.device == "cuda"
-                and time.monotonic() > gpu_due
-            ):
-                self.metrics.set_gpu_memory(self.model.backend.memory())
+            served = list(self.models.values())
+            cells[Board.DEPTH] = sum(m.batcher.depth for m in served)
+            cells[Board.RUNNING] = sum(m.batcher.running for m in served)
+            on_gpu = [m.model for m in served if m.model is not None and m.model.device == "cuda"]
+            if on_gpu and time.monotonic() > gpu_due:
+                # One device context: any model's backend reports the whole device.
+                self.metrics.set_gpu_memory(on_gpu[0].backend.memory())
                 gpu_due = time.monotonic() + GPU_PERIOD_S
             await asyncio.sleep(BOARD_PERIOD_S)
 
@@ -215,22 +285,26 @@ class EngineHost:
             if gone is not None and not gone.done():
                 gone.set_result(None)
         elif kind == protocol.ARENA:
-            link.arena = SlotArena.attach(*message[1:])
-        elif kind == protocol.HELLO and self.description is not None:
-            link.send((protocol.MODEL, self.description))
+            model, *arena = message[1:]
+            old = link.arenas.get(model)
+            link.arenas[model] = SlotArena.attach(*arena)
+            if old is not None:
+                old.close()
+        elif kind == protocol.HELLO:
+            link.send((protocol.CATALOG, self.catalog()))
 
     async def _infer(self, link: WorkerLink, request_id: int, model: str, slots, deadline) -> None:
-        """One request: its images join the queue; outputs go back into its slots."""
+        """One request: its images join its model's queue; outputs go back into its slots."""
         gone = self.loop.create_future()
         link.cancels[request_id] = gone
-        desc = self.description
+        served = self.models.get(model)
         try:
-            if desc is None:
-                raise NotReadyError("model loading", self.settings.retry_after_s)
-            if model != desc.name:
+            if served is None:
                 raise ModelNotFound(f"model {model!r} is not served here")
-            images = [link.arena.view(slot, desc.input_shape) for slot in slots]
-            rows = await self.batcher.infer(images, deadline, give_up=gone)
+            desc = served.check_serving()
+            arena = link.arenas[model]
+            images = [arena.view(slot, desc.input_shape) for slot in slots]
+            rows = await served.batcher.infer(images, deadline, give_up=gone)
         except Exception as exc:  # noqa: BLE001 - every request gets its one answer
             link.send(protocol.error_message(request_id, to_service_error(exc)))
             return
@@ -239,7 +313,7 @@ class EngineHost:
         if link.closed:
             return
         for slot, row in zip(slots, rows, strict=True):
-            link.arena.view(slot, desc.output_shape)[...] = row
+            arena.view(slot, desc.output_shape)[...] = row
         link.send((protocol.DONE, request_id))
 
 

@@ -18,15 +18,31 @@ import engine
 from service.config import Settings
 from service.modelspec import load_spec, locate
 from service.protocol import ModelDescription
+from service.repository import ModelEntry, cache_file
 
 log = logging.getLogger("gemmserve.engine")
 
 ModelFactory = Callable[[Settings], Any]
 
 
+def model_settings(settings: Settings, entry: ModelEntry) -> Settings:
+    """The settings one model is loaded with: its own path, and its own autotune cache file
+    when the service keeps one per model (a warning, and tuning kept in memory, when the cache
+    directory cannot be made)."""
+    update: dict = {"model": (entry.path,)}
+    if settings.cache_per_model and settings.autotune_cache is not None:
+        try:
+            settings.autotune_cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("autotune cache directory unusable (%s); tuning kept in memory", exc)
+        update["autotune_cache"] = cache_file(settings.autotune_cache, entry)
+    return settings.model_copy(update=update)
+
+
 def load_engine_model(settings: Settings) -> Any:
-    """The default model factory: the engine, on the configured device and batch buckets."""
-    onnx_path, _, _ = locate(settings.model)
+    """The default model factory: the engine, on the configured device and batch buckets
+    (``settings`` as ``model_settings`` made them for one model)."""
+    onnx_path, _, _ = locate(settings.model[0])
     return engine.load_model(
         str(onnx_path),
         device=settings.device,
@@ -74,10 +90,11 @@ class LoadedModel:
 
 
 def setup_model(settings: Settings, factory: ModelFactory | None = None) -> LoadedModel:
-    """Load, warm every bucket, self-test, then describe the model (engine thread only)."""
+    """Load, warm every bucket, self-test, then describe the model (engine thread only).
+    ``settings`` name one model (``model_settings``)."""
     started = time.monotonic()
     model = (factory or load_engine_model)(settings)
-    spec = load_spec(settings.model, tuple(model.input_shape))
+    spec = load_spec(settings.model[0], tuple(model.input_shape))
     # Twice: the first run tunes and plans, the second times each bucket for the batcher.
     seconds = bucket_seconds(model.warmup(), model.warmup())
     self_test(model)

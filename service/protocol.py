@@ -6,17 +6,16 @@ worker's slot arena (``service.shm``), and a message names the slots.
 
 Worker -> engine:
     ("hello", pid)                                once per connection
-    ("arena", name, slot_floats, count)          after the worker made its arena
+    ("arena", model, name, slot_floats, count)   after the worker made its arena for a model
     ("infer", request_id, model, slots, deadline)  one image per slot; deadline: time.monotonic()
     ("cancel", request_id)                       the client went away
 Engine -> worker:
-    ("model", ModelDescription)                  when the model is ready (or at hello, if it is)
-    ("failed", reason)                           the model failed to load
+    ("catalog", Catalog)                         at hello, and whenever a model changes state
     ("done", request_id)                         outputs are in the request's slots
     ("error", request_id, error_type, message, retry_after_s)
 
 Every ``infer`` gets exactly one ``done`` or ``error``; until then its slots stay the engine's.
-``model`` names the model each request is for, so one engine can later serve several.
+A worker has one slot arena per model (models differ in input and output sizes).
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from service import errors
 from service.modelspec import ModelSpec
 
 HELLO, ARENA, INFER, CANCEL = "hello", "arena", "infer", "cancel"
-MODEL, FAILED, DONE, ERROR = "model", "failed", "done", "error"
+CATALOG, DONE, ERROR = "catalog", "done", "error"
+LOADING, READY, FAILED, UNLOADING = "loading", "ready", "failed", "unloading"
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,26 @@ class ModelDescription:
     def slot_floats(self) -> int:
         """Floats one arena slot needs: the larger of one image's input and its output."""
         return max(math.prod(self.input_shape), math.prod(self.output_shape))
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model's state in the engine: loading, ready, failed (``reason`` says why) or
+    unloading; ``description`` once it has been ready."""
+
+    name: str
+    state: str
+    reason: str = ""
+    description: ModelDescription | None = None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every model the engine knows, by name. ``settled``: the start-up loads are over (each
+    model ready or failed), so readiness can be decided."""
+
+    models: dict[str, ModelStatus]
+    settled: bool
 
 
 def error_message(request_id: int, exc: errors.ServiceError) -> tuple:
