@@ -6,10 +6,10 @@ max-pools, global average pool, linear), or the bundled digits model. Servers: g
 and with two HTTP workers, with ``--target-p99-ms``, with ``--max-batch-size 1``, an older
 checkout of gemmserve (``--baseline DIR``), gemmserve around a stand-in engine whose batch is a
 fixed sleep (a fast GPU: what the HTTP tier alone delivers), a plain FastAPI + onnxruntime server
-without batching, and a no-op FastAPI endpoint (the machine's HTTP ceiling). ``--rounds`` repeats the servers in
-alternating order (settling effects of 10-20% on a noisy machine). Prints throughput, p50/p99
-latency, goodput (answers within ``--target-ms`` per second) and CPU per request (every process of
-the server) for each, with the machine named and its load average.
+without batching, and a no-op FastAPI endpoint (the machine's HTTP ceiling). ``--rounds``
+repeats the servers in alternating order (settling effects of 10-20% on a noisy machine). Prints
+throughput, p50/p99 latency, goodput (answers within ``--target-ms`` per second) and CPU per
+request (every process of the server) for each, with the machine named and its load average.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ class EngineHost:
     # ---- the process --------------------------------------------------------------------------
 
     async def serve(self) -> int:
-        """Load the model, answer workers until SIGTERM; the process's exit code."""
+        """Load the models, answer workers until SIGTERM; the process's exit code."""
         self.loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         self.loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -207,8 +207,14 @@ class EngineHost:
             os.unlink(self.args.socket_path)
         listener = Listener(self.args.socket_path, "AF_UNIX", authkey=self.args.authkey)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        if not await self.load_all():
-            log.error("no model loaded; stopping")
+        loaded = asyncio.ensure_future(self.load_all())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({loaded, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not loaded.done():  # stopped while loading: nothing to drain (the thread is a daemon)
+            return 0
+        stopping.cancel()
+        if not loaded.result():
+            log.error("model failed to load: no model loaded; stopping")
             return LOAD_FAILED_EXIT
         ticker = asyncio.ensure_future(self._publish(stop))
         await stop.wait()

@@ -1,9 +1,7 @@
 """Model outputs to the answer's ``predictions`` (top-k with labels and scores).
 
-The ranking is done once per engine batch, on the engine thread (``rank_batch``: one softmax and
-one argsort over the whole batch); the event loop only slices it. NumPy's sort releases the GIL,
-and taking it back on the event loop meant waiting out the engine thread's switch interval:
-per-request argsorts were a tenth of the loop thread's profile samples under load.
+``rank_batch`` ranks every row of one request's outputs at once (one softmax and one argsort),
+in the HTTP worker that answers it: the engine process only runs the model.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from tests.service.conftest import (
@@ -175,6 +176,7 @@ def test_sigterm_under_load_drains_and_leaves_nothing_behind(crash_server, refer
     found = processes(server)
     environ = Path(f"/proc/{found['engine']}/environ").read_text().split("\0")
     metrics_dir = next(v.split("=", 1)[1] for v in environ if v.startswith("PROMETHEUS_MULTIPROC"))
+    children = psutil.Process(server.proc.pid).children(recursive=True)
     inputs = random_batch(16, seed=903)
     responses: list = []
     with engine_held(server):
@@ -190,7 +192,22 @@ def test_sigterm_under_load_drains_and_leaves_nothing_behind(crash_server, refer
     sender.join(30)
     check_answers(responses, inputs, reference)  # every admitted request finished
     assert server.proc.wait(40) == -signal.SIGTERM  # as uvicorn ends after a graceful stop
-    for pid in (found["engine"], *found["workers"]):
-        assert not alive(pid), pid
+    assert {found["engine"], *found["workers"]} <= {c.pid for c in children}
+    for child in children:  # also multiprocessing's resource tracker
+        assert not alive(child.pid), child
     assert segments(server.proc.pid) == set()
     assert not Path(metrics_dir).exists()
+
+
+def test_sigterm_while_the_model_loads_stops_at_once(model_dir):
+    server = Server(["--model", str(model_dir)], faults=["--load-delay-s", "60"])
+    server.wait_listening()
+    assert httpx.get(server.url + "/readyz").status_code == 503
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    assert len(children) >= 3  # the engine, two workers (and multiprocessing's tracker)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(20) == -signal.SIGTERM  # not after the 60 s load
+    for child in children:
+        assert not alive(child.pid), child
+    assert segments(server.proc.pid) == set()
+    server.stop()
