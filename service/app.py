@@ -43,4 +43,6 @@ def create_app(settings: Settings, link: WorkerLink) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=rt.metrics)  # outermost: sees every status
     for router in (health.router, predict.router, models.router, kserve.router, metrics.router):
         app.include_router(router)
+    if settings.model_control == "explicit":  # no model-management endpoint unless asked for
+        app.include_router(models.control)
     return app

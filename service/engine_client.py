@@ -52,7 +52,7 @@ class EngineAddress:
 @dataclass(eq=False)
 class _Pending:
     future: asyncio.Future
-    arena: SlotArena
+    arena: SlotArena | None  # None for a load or unload
     slots: list[int]
     abandoned: bool = False  # nobody reads the answer: the reader frees the slots
 
@@ -178,6 +178,7 @@ class EngineClient:
                             arena.count))  # fmt: skip
                 self._announced.add(description.name)
         self.catalog = catalog
+        self._send((protocol.ACK, catalog.serial))  # after the arenas: the engine sees them first
         self._on_catalog(catalog)
 
     def _make_arena(self, description: protocol.ModelDescription, models: int) -> SlotArena:
@@ -197,7 +198,7 @@ class EngineClient:
 
     def _release(self, request_id: int) -> None:
         entry = self._pending.pop(request_id, None)
-        if entry is not None:
+        if entry is not None and entry.arena is not None:
             entry.arena.give_back(entry.slots)
 
     # ---- requests ---------------------------------------------------------------------------
@@ -221,11 +222,30 @@ class EngineClient:
             asyncio.get_running_loop().create_future(), arena, slots
         )
         try:
-            self._send((protocol.INFER, request_id, desc.name, slots, deadline))
+            self._send((protocol.INFER, request_id, desc.name, desc.version, slots, deadline))
         except EngineUnavailable:
             self._release(request_id)
             raise
         return request_id, entry
+
+    async def control(self, kind: str, name: str, timeout_s: float) -> None:
+        """Ask the engine to load (or reload) or unload model ``name``; returns once done, or
+        raises the engine's error (``DeadlineExceeded`` after ``timeout_s``)."""
+        if self._conn is None:
+            raise EngineUnavailable("engine unavailable: restarting", self.address.retry_after_s)
+        request_id = next(self._ids)
+        entry = self._pending[request_id] = _Pending(
+            asyncio.get_running_loop().create_future(), None, []
+        )
+        try:
+            self._send((kind, request_id, name))
+            await asyncio.wait_for(asyncio.shield(entry.future), timeout_s)
+        except TimeoutError:
+            message = f"{kind} of model {name!r} still running after {timeout_s} s"
+            raise DeadlineExceeded(message) from None
+        finally:
+            self._release(request_id)
+        entry.future.result()
 
     async def infer(
         self,

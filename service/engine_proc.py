@@ -19,22 +19,17 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
-from typing import Any
-
-import numpy as np
 
 from service import protocol
 from service.admission import SLOWDOWN_SCALE
-from service.batcher import Batcher, BatchStats
 from service.config import Settings
-from service.errors import ModelNotFound, ModelUnavailable, NotReadyError, to_service_error
+from service.engine_models import ModelTable, ServedModel
+from service.errors import to_service_error
 from service.metrics import Metrics
-from service.model_setup import ModelFactory, model_settings, setup_model
+from service.model_setup import ModelFactory
 from service.processes import die_with_parent, ignore_interrupts
-from service.repository import ModelEntry
 from service.scheduler import Scheduler
 from service.shm import Board, SlotArena
 
@@ -66,6 +61,7 @@ class WorkerLink:
         self.arenas: dict[str, SlotArena] = {}  # by model name
         self.cancels: dict[int, asyncio.Future] = {}
         self.closed = False
+        self.acked = 0  # the newest catalog the worker has seen
 
     def send(self, message: tuple) -> None:
         if self.closed:
@@ -74,79 +70,6 @@ class WorkerLink:
             self.conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
         except OSError:
             self.closed = True  # the reader sees the same and drops the link
-
-
-class ServedModel:
-    """One model in the engine: its queue, its state and, once loaded, the model itself. Also
-    its batcher's observer (metrics labelled with the model's name, and the slowdown)."""
-
-    def __init__(self, host: EngineHost, entry: ModelEntry):
-        self.host, self.entry, self.name = host, entry, entry.name
-        self.state, self.reason = protocol.LOADING, ""
-        self.description: protocol.ModelDescription | None = None
-        self.model: Any = None
-        self.cost_s: Callable[[int], float] | None = None
-        s = host.settings
-        self.batcher = Batcher(
-            self._setup,
-            max_batch_size=s.max_batch_size,
-            max_queue=s.max_queue,
-            max_delay_ms=s.max_delay_ms,
-            retry_after_s=s.retry_after_s,
-            observer=self,
-            scheduler=host.scheduler,
-        )
-        host.metrics.add_model(self.name)
-
-    def _setup(self) -> Callable[[np.ndarray], list[np.ndarray]]:
-        """Runs on the engine thread: the model's whole set-up, then the batch function."""
-        settings = model_settings(self.host.settings, self.entry)
-        loaded = setup_model(settings, self.host.args.model_factory)
-        if loaded.cost_s is not None:
-            self.batcher.set_cost_model(loaded.cost_s)
-            self.cost_s = loaded.cost_s
-        autotune = dict(loaded.description.info.get("autotune") or {})
-        self.host.metrics.set_autotune(autotune, self.name)
-        self.model, self.description = loaded.model, loaded.description
-        model = loaded.model
-        # A copy: the engine reuses its output buffer for the next batch.
-        return lambda x: list(np.array(model(x), np.float32, copy=True))
-
-    async def load(self) -> None:
-        """Load on the engine thread; a failure fails this model alone, with its reason."""
-        try:
-            await self.batcher.start()
-        except Exception as exc:  # noqa: BLE001 - reported as the model's state
-            log.error("model failed to load (%s): %s: %s", self.name, type(exc).__name__, exc)
-            log.debug("model load traceback", exc_info=exc)
-            self.state, self.reason = protocol.FAILED, f"{type(exc).__name__}: {exc}"
-            return
-        self.state = protocol.READY
-
-    def status(self) -> protocol.ModelStatus:
-        return protocol.ModelStatus(self.name, self.state, self.reason, self.description)
-
-    def check_serving(self) -> protocol.ModelDescription:
-        """The description, when the model answers requests; its error otherwise."""
-        if self.state == protocol.READY:
-            return self.description
-        if self.state == protocol.FAILED:
-            raise ModelUnavailable(f"model {self.name!r} failed to load: {self.reason}")
-        retry_s = self.host.settings.retry_after_s
-        raise NotReadyError(f"model {self.name!r} is {self.state}", retry_s)
-
-    # ---- the batcher's observer: metrics, and the slowdown the workers' admission reads ----
-
-    def on_batch(self, stats: BatchStats) -> None:
-        self.host.metrics.on_batch(stats, self.name)
-        if self.cost_s is not None:
-            self.host.on_slowdown(stats.inference_s / max(self.cost_s(stats.size), 1e-9))
-
-    def on_reject(self, reason: str, count: int) -> None:
-        self.host.metrics.on_reject(reason, count, self.name)
-
-    def on_split(self, reason: str) -> None:
-        self.host.metrics.on_split(reason, self.name)
 
 
 class EngineHost:
@@ -159,9 +82,8 @@ class EngineHost:
         self.metrics = Metrics("engine")
         self.board = Board.attach(args.board_name, args.workers)
         self.scheduler = Scheduler()
-        self.models: dict[str, ServedModel] = {}
-        self.settled = False
         self.links: list[WorkerLink] = []
+        self.table = ModelTable(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._slowdown = 1.0
 
@@ -171,30 +93,9 @@ class EngineHost:
         self._slowdown += SLOWDOWN_WEIGHT * (ratio - self._slowdown)
         self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
 
-    def catalog(self) -> protocol.Catalog:
-        models = {name: served.status() for name, served in self.models.items()}
-        return protocol.Catalog(models, self.settled)
-
-    def broadcast(self) -> None:
-        """Every worker learns every model's state."""
-        message = (protocol.CATALOG, self.catalog())
-        for link in self.links:
-            link.send(message)
-
-    async def load_all(self) -> bool:
-        """Load every model of the settings, reporting each as it settles; any ready?"""
-        self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
-        for entry in self.settings.entries():
-            self.models[entry.name] = ServedModel(self, entry)
-
-        async def load(served: ServedModel) -> None:
-            await served.load()
-            self.broadcast()
-
-        await asyncio.gather(*(load(served) for served in self.models.values()))
-        self.settled = True
-        self.broadcast()
-        return any(m.state == protocol.READY for m in self.models.values())
+    @property
+    def models(self) -> dict[str, ServedModel]:
+        return self.table.models
 
     # ---- the process --------------------------------------------------------------------------
 
@@ -207,13 +108,13 @@ class EngineHost:
             os.unlink(self.args.socket_path)
         listener = Listener(self.args.socket_path, "AF_UNIX", authkey=self.args.authkey)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        loaded = asyncio.ensure_future(self.load_all())
+        loaded = asyncio.ensure_future(self.table.load_all())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({loaded, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not loaded.done():  # stopped while loading: nothing to drain (the thread is a daemon)
             return 0
         stopping.cancel()
-        if not loaded.result():
+        if not loaded.result() and self.settings.model_control == "none":
             log.error("model failed to load: no model loaded; stopping")
             return LOAD_FAILED_EXIT
         ticker = asyncio.ensure_future(self._publish(stop))
@@ -226,7 +127,7 @@ class EngineHost:
     def _close(self, grace_s: float) -> None:
         """Every queue drains (bounded by ``grace_s`` in all), then the engine thread stops."""
         end = time.monotonic() + grace_s
-        for served in list(self.models.values()):
+        for served in [*self.models.values(), *self.table.retiring.values()]:
             served.batcher.close(max(0.0, end - time.monotonic()))
         self.scheduler.close(max(0.0, end - time.monotonic()))
 
@@ -291,22 +192,33 @@ class EngineHost:
             if gone is not None and not gone.done():
                 gone.set_result(None)
         elif kind == protocol.ARENA:
+            # A replaced arena stays mapped: requests that came before may still write to it.
             model, *arena = message[1:]
-            old = link.arenas.get(model)
             link.arenas[model] = SlotArena.attach(*arena)
-            if old is not None:
-                old.close()
+        elif kind == protocol.ACK:
+            link.acked = max(link.acked, message[1])
+        elif kind in (protocol.LOAD, protocol.UNLOAD):
+            asyncio.ensure_future(self._control(link, *message))
         elif kind == protocol.HELLO:
-            link.send((protocol.CATALOG, self.catalog()))
+            link.send((protocol.CATALOG, self.table.catalog()))
 
-    async def _infer(self, link: WorkerLink, request_id: int, model: str, slots, deadline) -> None:
+    async def _control(self, link: WorkerLink, kind: str, request_id: int, name: str) -> None:
+        """A load or unload request; its answer once done (or its error)."""
+        try:
+            await (self.table.load(name) if kind == protocol.LOAD else self.table.unload(name))
+        except Exception as exc:  # noqa: BLE001 - every request gets its one answer
+            link.send(protocol.error_message(request_id, to_service_error(exc)))
+            return
+        link.send((protocol.DONE, request_id))
+
+    async def _infer(
+        self, link: WorkerLink, request_id: int, model: str, version: int, slots, deadline
+    ) -> None:
         """One request: its images join its model's queue; outputs go back into its slots."""
         gone = self.loop.create_future()
         link.cancels[request_id] = gone
-        served = self.models.get(model)
         try:
-            if served is None:
-                raise ModelNotFound(f"model {model!r} is not served here")
+            served = self.table.find(model, version)
             desc = served.check_serving()
             arena = link.arenas[model]
             images = [arena.view(slot, desc.input_shape) for slot in slots]

@@ -7,8 +7,11 @@ worker's slot arena (``service.shm``), and a message names the slots.
 Worker -> engine:
     ("hello", pid)                                once per connection
     ("arena", model, name, slot_floats, count)   after the worker made its arena for a model
-    ("infer", request_id, model, slots, deadline)  one image per slot; deadline: time.monotonic()
+    ("infer", request_id, model, version, slots, deadline)  one image per slot; deadline:
+                                                 time.monotonic(); version: the description's
     ("cancel", request_id)                       the client went away
+    ("ack", serial)                              the worker has seen catalog ``serial``
+    ("load" | "unload", request_id, model)       --model-control explicit; answered done/error
 Engine -> worker:
     ("catalog", Catalog)                         at hello, and whenever a model changes state
     ("done", request_id)                         outputs are in the request's slots
@@ -26,7 +29,8 @@ from dataclasses import dataclass, field
 from service import errors
 from service.modelspec import ModelSpec
 
-HELLO, ARENA, INFER, CANCEL = "hello", "arena", "infer", "cancel"
+HELLO, ARENA, INFER, CANCEL, ACK = "hello", "arena", "infer", "cancel", "ack"
+LOAD, UNLOAD = "load", "unload"
 CATALOG, DONE, ERROR = "catalog", "done", "error"
 LOADING, READY, FAILED, UNLOADING = "loading", "ready", "failed", "unloading"
 
@@ -44,6 +48,7 @@ class ModelDescription:
     info: dict = field(default_factory=dict)  # model.info() after warm-up
     bucket_seconds: dict[int, float] = field(default_factory=dict)
     max_batch_size: int = 1
+    version: int = 1  # a reload's new version has the next number
 
     @property
     def name(self) -> str:
@@ -73,6 +78,7 @@ class Catalog:
 
     models: dict[str, ModelStatus]
     settled: bool
+    serial: int = 0  # workers acknowledge each catalog by its serial
 
 
 def error_message(request_id: int, exc: errors.ServiceError) -> tuple:

@@ -153,7 +153,7 @@ class Runtime:
             self.admission.set_costs(desc.bucket_seconds, desc.max_batch_size)
         if not catalog.settled:
             return
-        if served:
+        if served or self.settings.model_control == "explicit":  # models may be loaded later
             self.lifecycle.set_ready()
         else:
             reasons = "; ".join(f"{n}: {m.reason}" for n, m in catalog.models.items())

@@ -6,17 +6,26 @@ the reason, unloading); ``GET /model`` is ``GET /models/{default}``'s descriptio
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.encoders import jsonable_encoder
 
-from service.errors import ModelNotFound
-from service.protocol import READY, ModelStatus
+from service.errors import ControlForbidden, ModelNotFound
+from service.protocol import LOAD, READY, UNLOAD, ModelStatus
 from service.routes import runtime
 from service.runtime import Runtime, Served
 
 router = APIRouter(tags=["models"])
+# Only with --model-control explicit (app.py adds it then).
+control = APIRouter(prefix="/v2/repository/models", tags=["kserve-v2"])
+CONTROL_TIMEOUT_S = 600.0  # a load may tune every layer of a model
+CONTROL_ERRORS = {
+    403: {"description": "not from loopback (see --control-allow-remote)"},
+    404: {"description": "no such model in the repository"},
+    503: {"description": "the model failed to load (the previous version still serves)"},
+}
 Rt = Annotated[Runtime, Depends(runtime)]
 MODEL_VERSION = "1"
 # The repository extension's state names (Triton's).
@@ -102,3 +111,33 @@ async def repository_index(rt: Rt) -> list[dict]:
             entry["reason"] = status.reason
         index.append(entry)
     return index
+
+
+def check_control_allowed(request: Request, rt: Runtime) -> None:
+    """Loading and unloading are for the host itself unless ``--control-allow-remote``."""
+    if rt.settings.control_allow_remote:
+        return
+    host = request.client.host if request.client else ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ControlForbidden(f"model control is only accepted from loopback, not {host!r}")
+
+
+@control.post("/{name}/load", responses=CONTROL_ERRORS)
+async def load_model(name: str, request: Request, rt: Rt) -> dict:
+    """Load ``name`` from the repository, or reload it: the new version is loaded, warmed up
+    and self-tested beside the old one, then takes over at once; the old one drains."""
+    check_control_allowed(request, rt)
+    await rt.client.control(LOAD, name, CONTROL_TIMEOUT_S)
+    return {"name": name, "state": "READY"}
+
+
+@control.post("/{name}/unload", responses=CONTROL_ERRORS)
+async def unload_model(name: str, request: Request, rt: Rt) -> dict:
+    """Stop serving ``name``: queued requests finish, new ones get 404, its memory is freed."""
+    check_control_allowed(request, rt)
+    await rt.client.control(UNLOAD, name, CONTROL_TIMEOUT_S)
+    return {"name": name, "state": "UNAVAILABLE"}
