@@ -80,6 +80,17 @@ def bucket_seconds(*warmups: list[dict]) -> dict[int, float]:
     return best
 
 
+def memory_bytes(model: Any) -> dict[str, int]:
+    """What the model holds on its device: its weights (as the engine keeps them) and the
+    activation buffers and scratch workspace its batch buckets share."""
+    constants = getattr(model, "constants", None) or {}
+    arena = getattr(model, "arena", None)
+    return {
+        "weights_bytes": sum(int(getattr(c, "nbytes", 0)) for c in constants.values()),
+        "workspace_bytes": int(arena.nbytes) if arena is not None else 0,
+    }
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to serve, its description for the workers and its batch cost model."""
@@ -108,7 +119,7 @@ def setup_model(settings: Settings, factory: ModelFactory | None = None) -> Load
         output_name=model.output_name,
         output_shape=tuple(model.output_shape),
         device=model.device,
-        info=dict(model.info()),
+        info={**model.info(), "memory": memory_bytes(model)},
         bucket_seconds=seconds,
         max_batch_size=settings.max_batch_size,
     )

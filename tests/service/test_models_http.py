@@ -97,6 +97,9 @@ def test_default_model_answers_predict_and_model(multi, repository):
     detail = httpx.get(multi.url + "/models/gray").json()
     assert detail["name"] == "gray" and detail["state"] == "ready"
     assert detail["inputs"][0]["shape"] == ["N", 1, 8, 8]
+    # Weights: conv 8x1x3x3 + 8, fc 4x8 + 4 float32 (the engine may keep more, re-laid).
+    assert detail["memory"]["weights_bytes"] >= 4 * (8 * 9 + 8 + 4 * 8 + 4)
+    assert detail["memory"]["workspace_bytes"] > 0
 
 
 def test_models_lists_every_state_and_the_broken_model_fails_alone(multi):
