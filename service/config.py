@@ -143,7 +143,10 @@ class Settings(BaseSettings):
     @field_validator("model", mode="before")
     @classmethod
     def _parse_models(cls, value: object) -> object:
-        # One path from the environment or a caller; a list from repeated --model flags.
+        # One path from the environment or a caller; a list from repeated --model flags. An
+        # empty value is none (a model repository alone, e.g. in a container built with one).
+        if value == "":
+            return ()
         return (value,) if isinstance(value, str | Path) else value
 
     @field_validator("model")
