@@ -57,6 +57,7 @@ class ServedModel:
     def _setup(self) -> Callable[[np.ndarray], list[np.ndarray]]:
         """Runs on the engine thread: the model's whole set-up, then the batch function."""
         settings = model_settings(self.host.settings, self.entry)
+        self.batcher.max_batch_size = settings.max_batch_size  # the model's own, if it has one
         loaded = setup_model(settings, self.host.args.model_factory)
         if loaded.cost_s is not None:
             self.batcher.set_cost_model(loaded.cost_s)

@@ -16,7 +16,7 @@ import numpy as np
 
 import engine
 from service.config import Settings
-from service.modelspec import load_spec, locate
+from service.modelspec import load_spec, locate, read_meta
 from service.protocol import ModelDescription
 from service.repository import ModelEntry, cache_file
 
@@ -25,11 +25,24 @@ log = logging.getLogger("gemmserve.engine")
 ModelFactory = Callable[[Settings], Any]
 
 
+def own_batching(settings: Settings, entry: ModelEntry) -> dict:
+    """The model's own ``batch_sizes`` / ``max_batch_size`` from its ``model.json`` (the
+    service's otherwise), as settings updates."""
+    meta = read_meta(locate(entry.path)[1])
+    if not meta.batch_sizes and not meta.max_batch_size:
+        return {}
+    sizes = tuple(sorted(set(meta.batch_sizes or settings.batch_sizes)))
+    largest = meta.max_batch_size or (max(sizes) if meta.batch_sizes else settings.max_batch_size)
+    if largest > max(sizes):
+        raise ValueError(f"model.json max_batch_size {largest} exceeds the largest of {sizes}")
+    return {"batch_sizes": sizes, "max_batch_size": largest}
+
+
 def model_settings(settings: Settings, entry: ModelEntry) -> Settings:
     """The settings one model is loaded with: its own path, and its own autotune cache file
     when the service keeps one per model (a warning, and tuning kept in memory, when the cache
     directory cannot be made)."""
-    update: dict = {"model": (entry.path,)}
+    update: dict = {"model": (entry.path,), **own_batching(settings, entry)}
     if settings.cache_per_model and settings.autotune_cache is not None:
         try:
             settings.autotune_cache.mkdir(parents=True, exist_ok=True)

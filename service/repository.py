@@ -10,7 +10,6 @@ load is found later, in the engine process, and fails that model alone.)
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.modelspec import ModelJson, locate
+from service.modelspec import locate, read_meta
 
 # Safe in a URL path segment and a Prometheus label value.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -49,8 +48,13 @@ def entry_for(path: Path) -> ModelEntry:
     name = default_name
     if meta_path is not None:
         try:
-            meta = ModelJson.model_validate(json.loads(meta_path.read_text()))
-        except (OSError, ValueError, ValidationError) as exc:
+            meta = read_meta(meta_path)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'model.json'}: {e['msg']}" for e in exc.errors()
+            )
+            raise RepositoryError(f"model {str(path)!r}: invalid model.json ({problems})") from None
+        except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0]
             raise RepositoryError(f"model {str(path)!r}: unreadable model.json ({first})") from None
         name = meta.name or default_name

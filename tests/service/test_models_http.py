@@ -32,7 +32,10 @@ SHAPES = {"gray": (1, 8, 4), "rgb": (3, 16, 10), "wide": (3, 24, 7)}
 def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
     for name, (channels, size, classes) in SHAPES.items():
-        write_model_dir(root, name, channels=channels, size=size, classes=classes)
+        meta = {"labels": [f"class-{i}" for i in range(classes)]}
+        if name == "wide":  # its own batch buckets; the others take the service's
+            meta.update(batch_sizes=[1, 2, 4], max_batch_size=3)
+        write_model_dir(root, name, channels=channels, size=size, classes=classes, meta=meta)
     broken = root / "broken"
     broken.mkdir()
     (broken / "model.onnx").write_bytes(b"not an onnx file at all")
@@ -100,6 +103,8 @@ def test_default_model_answers_predict_and_model(multi, repository):
     # Weights: conv 8x1x3x3 + 8, fc 4x8 + 4 float32 (the engine may keep more, re-laid).
     assert detail["memory"]["weights_bytes"] >= 4 * (8 * 9 + 8 + 4 * 8 + 4)
     assert detail["memory"]["workspace_bytes"] > 0
+    assert detail["batch_sizes"] == [1, 2, 4, 8, 16, 32]
+    assert httpx.get(multi.url + "/models/wide").json()["batch_sizes"] == [1, 2, 3]
 
 
 def test_models_lists_every_state_and_the_broken_model_fails_alone(multi):
@@ -167,6 +172,7 @@ def test_each_model_has_its_own_cache_file_and_a_restart_tunes_nothing(multi, re
         ("duplicate", "two models named 'same'"),
         ("default", "default model 'missing' is not among the models"),
         ("bad-json", "unreadable model.json"),
+        ("bad-batching", "exceeds the largest"),
     ],
 )
 def test_bad_repository_entries_stop_the_service_at_start(tmp_path, case, expected):
@@ -175,6 +181,8 @@ def test_bad_repository_entries_stop_the_service_at_start(tmp_path, case, expect
     write_model_dir(root, "two", meta={"name": "same"} if case == "duplicate" else None)
     if case == "bad-json":
         (root / "two" / "model.json").write_text("{not json")
+    if case == "bad-batching":
+        (root / "two" / "model.json").write_text('{"batch_sizes": [1, 2], "max_batch_size": 8}')
     args = ["--model-repository", str(root)]
     if case == "default":
         args += ["--default-model", "missing"]
