@@ -66,7 +66,8 @@ COPY models/digits/model.onnx models/digits/model.json ./models/digits/
 # The same defaults as `make run`, except the bind address (a container must listen on all
 # interfaces; Compose publishes 127.0.0.1:8000 only) and the autotune cache, which lives in a
 # directory meant for a volume so restarts skip tuning. CuPy's compiled kernels go there too:
-# the root filesystem is read-only at run time.
+# the root filesystem is read-only at run time. GEMMSERVE_WORKERS HTTP worker processes hand
+# images to the engine process in /dev/shm: run with --shm-size 256m (Compose sets shm_size).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -76,7 +77,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     GEMMSERVE_HOST=0.0.0.0 \
     GEMMSERVE_PORT=8000 \
     GEMMSERVE_DEVICE=auto \
-    GEMMSERVE_AUTOTUNE_CACHE=/var/cache/gemmserve/autotune.json
+    GEMMSERVE_AUTOTUNE_CACHE=/var/cache/gemmserve/autotune.json \
+    GEMMSERVE_WORKERS=2
 
 VOLUME ["/var/cache/gemmserve"]
 USER 10001:10001
@@ -87,7 +89,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('GEMMSERVE_PORT', '8000') + '/healthz', timeout=2)"]
 
-# tini as PID 1 forwards SIGTERM to the server (which drains) and reaps children; exec form so
-# no shell sits in between. `docker run IMAGE python -m engine.autotune ...` replaces CMD only.
+# tini as PID 1 forwards SIGTERM to the server's supervisor (its workers drain, then the engine
+# stops) and reaps children; exec form so no shell sits in between.
+# `docker run IMAGE python -m engine.autotune ...` replaces CMD only.
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python", "-m", "service"]

@@ -20,7 +20,7 @@ from service.runtime import Runtime, WorkerLink
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Connect to the engine process in the background; drain on exit."""
     rt: Runtime = app.state.runtime
-    rt.start()
+    await rt.start()
     try:
         yield
     finally:

@@ -77,6 +77,7 @@ class EngineClient:
         self._ids = itertools.count()
         self._task: asyncio.Task | None = None
         self._lost = asyncio.Event()
+        self.adopted = asyncio.Event()  # set once the engine has settled its models' states
 
     # ---- connection -------------------------------------------------------------------------
 
@@ -180,6 +181,8 @@ class EngineClient:
         self.catalog = catalog
         self._send((protocol.ACK, catalog.serial))  # after the arenas: the engine sees them first
         self._on_catalog(catalog)
+        if catalog.settled:
+            self.adopted.set()
 
     def _make_arena(self, description: protocol.ModelDescription, models: int) -> SlotArena:
         """A fresh arena (the old one, if any, is left to requests still holding its slots).

@@ -10,6 +10,7 @@ read the body, decode, infer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +37,9 @@ log = logging.getLogger("gemmserve")
 # Bodies up to this size decode on the event loop: a hop to the decode pool costs more CPU than
 # parsing them (a .npy image of a small model, a small PNG). Larger ones go to the pool.
 INLINE_DECODE_BYTES = 16 * 1024
+# At most this long before accepting connections: enough to connect to a running engine, short
+# enough that a worker starting with the service answers /healthz while the model loads.
+READY_WAIT_S = 1.0
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -108,13 +112,17 @@ class Runtime:
 
     # ---- start and stop --------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Connect to the engine in the background; readiness follows its model."""
+    async def start(self) -> None:
+        """Connect to the engine in the background; readiness follows its model. A worker that
+        replaces a dead one finds the engine ready: it waits for the model (briefly) so that it
+        does not accept connections only to answer them 503."""
         self.executor = ThreadPoolExecutor(
             self.settings.decode_threads, thread_name_prefix="gemmserve-decode"
         )
         self.board = Board.attach(self.link.board_name, self.link.workers)
         self.client.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.client.adopted.wait(), READY_WAIT_S)
 
     async def stop(self) -> None:
         """Drain: refuse new work, let admitted work finish (bounded), then let go of the engine."""

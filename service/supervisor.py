@@ -118,6 +118,8 @@ class Supervisor:
 
     def open_engine(self) -> WorkerLink:
         """Make the board, start the engine process; how worker 0 reaches it."""
+        # Segments under our prefix can only be a dead process's that had our pid: stale.
+        remove_all(self.prefix)
         self.board = Board.create(self.prefix, self.settings.workers)
         self.board.cells[Board.SUPERVISOR] = os.getpid()
         self._start_engine()

@@ -7,10 +7,12 @@ behind: no orphan process and no shared-memory segment of the service in /dev/sh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,6 +77,21 @@ def post(server, x: np.ndarray) -> httpx.Response:
     )
 
 
+@contextlib.contextmanager
+def queued(server, inputs: np.ndarray) -> Iterator[list]:
+    """While the block runs, one request per image waits in the queue behind a held engine;
+    their responses are in the list once the block is over."""
+    responses: list = []
+    with engine_held(server):
+        sender = threading.Thread(
+            target=lambda: responses.extend(post_concurrently(server.url, inputs))
+        )
+        sender.start()
+        wait_for(server, "gemmserve_queue_depth", lambda v: v == len(inputs))
+        yield responses
+    sender.join(30)
+
+
 @pytest.fixture
 def crash_server(model_dir, tmp_path):
     """A fresh two-worker service around the fault-injecting engine (held by a file)."""
@@ -90,7 +107,12 @@ def test_model_lists_every_process_and_they_are_the_supervisors_children(server)
     assert len(found["workers"]) == 2 and len(set(found["workers"])) == 2
     for pid in (found["engine"], *found["workers"]):
         assert alive(pid) and parent_of(pid) == server.proc.pid
-    assert segments(server.proc.pid) == expected_segments(server.proc.pid, found["workers"])
+    # Each worker makes its arena once it has the model (the one that answered /readyz first may
+    # not be the only one ready yet).
+    wait_until(
+        lambda: segments(server.proc.pid) == expected_segments(server.proc.pid, found["workers"]),
+        what="one arena per worker and the board, nothing else",
+    )
 
 
 def test_metrics_are_the_whole_services(server):
@@ -111,16 +133,9 @@ def test_engine_killed_with_requests_in_flight(crash_server, reference):
     server = crash_server
     old = processes(server)
     inputs = random_batch(6, seed=901)
-    responses: list = []
-    with engine_held(server):
-        sender = threading.Thread(
-            target=lambda: responses.extend(post_concurrently(server.url, inputs))
-        )
-        sender.start()
-        wait_for(server, "gemmserve_queue_depth", lambda v: v == len(inputs))
+    with queued(server, inputs) as responses:
         os.kill(old["engine"], signal.SIGKILL)
         killed = time.monotonic()
-        sender.join(30)
     assert time.monotonic() - killed < 10  # answered at once, not at their deadline
     for response in responses:
         assert response.status_code == 503, response.text
@@ -157,18 +172,20 @@ def test_worker_killed_under_load_is_replaced_while_the_other_serves(crash_serve
         os.kill(old["workers"][0], signal.SIGKILL)
         killed_at = len(statuses)
         wait_until(lambda: processes(server)["workers"][0] != old["workers"][0], what="restart")
+        new = processes(server)
+        # Until the new worker has its arena (it has connected to the engine: ready), the other
+        # worker alone answers.
+        wait_until(
+            lambda: segments(server.proc.pid) == expected_segments(server.proc.pid, new["workers"]),
+            what="the new worker ready, the dead worker's arena removed",
+        )
         served_meanwhile = statuses[killed_at:]
         stop.set()
     assert served_meanwhile.count(200) > 0  # the other worker kept answering
     assert set(statuses) <= {200, -1} and statuses.count(-1) <= 4
-    new = processes(server)
     assert new["workers"][1] == old["workers"][1] and new["engine"] == old["engine"]
     wait_until(lambda: alive(new["workers"][0]), what="new worker")
     check_answers(post_concurrently(server.url, inputs[:8]), inputs[:8], reference)
-    wait_until(
-        lambda: segments(server.proc.pid) == expected_segments(server.proc.pid, new["workers"]),
-        what="the dead worker's arena removed",
-    )
 
 
 def test_sigterm_under_load_drains_and_leaves_nothing_behind(crash_server, reference):
@@ -178,23 +195,16 @@ def test_sigterm_under_load_drains_and_leaves_nothing_behind(crash_server, refer
     metrics_dir = next(v.split("=", 1)[1] for v in environ if v.startswith("PROMETHEUS_MULTIPROC"))
     children = psutil.Process(server.proc.pid).children(recursive=True)
     inputs = random_batch(16, seed=903)
-    responses: list = []
-    with engine_held(server):
-        sender = threading.Thread(
-            target=lambda: responses.extend(post_concurrently(server.url, inputs))
-        )
-        sender.start()
-        wait_for(server, "gemmserve_queue_depth", lambda v: v == len(inputs))
+    with queued(server, inputs) as responses:
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 503, what="draining")
         late = post(server, inputs[0][None])
         assert late.status_code == 503 and late.headers["Retry-After"]
-    sender.join(30)
     check_answers(responses, inputs, reference)  # every admitted request finished
     assert server.proc.wait(40) == -signal.SIGTERM  # as uvicorn ends after a graceful stop
     assert {found["engine"], *found["workers"]} <= {c.pid for c in children}
-    for child in children:  # also multiprocessing's resource tracker
-        assert not alive(child.pid), child
+    for child in children:  # multiprocessing's resource tracker ends when it sees its pipe close
+        wait_until(lambda c=child: not alive(c.pid), timeout_s=10, what=f"{child} gone")
     assert segments(server.proc.pid) == set()
     assert not Path(metrics_dir).exists()
 
@@ -208,6 +218,6 @@ def test_sigterm_while_the_model_loads_stops_at_once(model_dir):
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(20) == -signal.SIGTERM  # not after the 60 s load
     for child in children:
-        assert not alive(child.pid), child
+        wait_until(lambda c=child: not alive(c.pid), timeout_s=10, what=f"{child} gone")
     assert segments(server.proc.pid) == set()
     server.stop()
