@@ -168,6 +168,8 @@ class ModelTable:
             if old is None or old.state != protocol.READY:
                 self.models[name] = new
                 self.broadcast()  # loading
+                if old is not None:  # a failed version: nothing queued, its lane goes
+                    await asyncio.to_thread(old.batcher.close, 0)
             await new.load()
             if new.state == protocol.FAILED:
                 await asyncio.to_thread(new.batcher.close, 0)

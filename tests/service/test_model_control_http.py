@@ -105,6 +105,12 @@ def test_unload_then_load_again_and_a_new_or_broken_model(explicit):
     assert states == {"alpha": "ready", "bad": "failed", "beta": "ready", "gamma": "ready"}
     assert outputs(url, "alpha", random_batch(1)).shape == (1, 10)  # the others still serve
 
+    replace_model(explicit.root / "bad" / "model.onnx", seed=7)  # fixed: it loads now
+    assert httpx.post(f"{url}/v2/repository/models/bad/load", timeout=120).status_code == 200
+    x = random_batch(2)
+    want = reference(explicit.root / "bad" / "model.onnx", x)
+    np.testing.assert_allclose(outputs(url, "bad", x), want, 1e-4, 1e-4)
+
 
 def test_a_bad_reload_keeps_the_old_version_serving(explicit):
     onnx_path = explicit.root / "alpha" / "model.onnx"
