@@ -145,10 +145,14 @@ class EngineHost:
 
     async def _publish(self, stop: asyncio.Event) -> None:
         """Keep the board's queue figures fresh (workers admit by them) and the GPU gauges."""
-        cells, gpu_due = self.board.cells, 0.0
+        cells, gpu_due, last_depths = self.board.cells, 0.0, None
         while not stop.is_set():
             served = list(self.models.values())
-            cells[Board.DEPTH] = sum(m.batcher.depth for m in served)
+            depths = {m.name: m.batcher.depth for m in served}
+            if depths != last_depths:
+                self.metrics.set_queue_depths(depths)
+                last_depths = depths
+            cells[Board.DEPTH] = sum(depths.values())
             cells[Board.RUNNING] = sum(m.batcher.running for m in served)
             on_gpu = [m.model for m in served if m.model is not None and m.model.device == "cuda"]
             if on_gpu and time.monotonic() > gpu_due:

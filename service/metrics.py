@@ -152,6 +152,23 @@ class Metrics:
         tuning_s = float(info.get("tuning_seconds", 0.0))
         self.autotune_tuning.labels(model=model).set(tuning_s)
 
+    def set_queue_depths(self, depths: dict[str, int]) -> None:
+        """Each served model's queued images (the engine, when they change); a model no longer
+        served reads 0."""
+        if not hasattr(self, "model_queue_depth"):
+            self.model_queue_depth = self._gauge(
+                "gemmserve_model_queue_depth",
+                "Images waiting for the engine, by model (gemmserve_queue_depth is their total)",
+                "livemax",
+                ["model"],
+            )
+            self._depth_models: set[str] = set()
+        for model in self._depth_models - set(depths):
+            self.model_queue_depth.labels(model=model).set(0)
+        for model, depth in depths.items():
+            self.model_queue_depth.labels(model=model).set(depth)
+        self._depth_models = set(depths)
+
     def set_gpu_memory(self, memory: dict) -> None:
         """On a GPU only: device memory in use (by anything on the device), and its total."""
         if not hasattr(self, "gpu_used"):

@@ -236,6 +236,9 @@ def test_a_flood_on_one_model_does_not_starve_another(pair):
     beta = threading.Thread(target=post, args=("beta", random_batch(1)))
     beta.start()
     wait_for(pair, "gemmserve_queue_depth", lambda v: v == 33)
+    depths = pair.metrics()
+    assert metric(depths, "gemmserve_model_queue_depth", model="alpha") == 32
+    assert metric(depths, "gemmserve_model_queue_depth", model="beta") == 1
     pair.hold_file.unlink()
     beta.join(60)
     alpha_run = metric(pair.metrics(), "gemmserve_images_total", model="alpha")
