@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = " ".join(["python -m loadtests", *argv])
     flags = dict(args.flags)
     # Tune once per output directory: later service starts (one per batch size) reuse it.
-    flags.setdefault("autotune_cache", str(args.out / "autotune.json"))
+    # With a model repository the cache is a directory: one file per model.
+    cache = "autotune" if "model_repository" in flags else "autotune.json"
+    flags.setdefault("autotune_cache", str(args.out / cache))
     target = Target(args.model, args.device, tuple(flags.items()))
     if args.command == "run":
         plan = dict(

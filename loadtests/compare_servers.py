@@ -185,8 +185,11 @@ def engine_figures(url: str) -> tuple[float, float, float] | None:
     time in service over warm-up time; 0 where the service does not report it)."""
     text = http_get(url + "/metrics")[1].decode()
     slowdown = re.search(r"^gemmserve_engine_slowdown_ratio (\S+)$", text, re.M)
-    pattern = r"^gemmserve_(batch_size|inference_duration_seconds)_(sum|count) (\S+)$"
-    found = {(m, k): float(v) for m, k, v in re.findall(pattern, text, re.M)}
+    # Summed over every model (one series per ``model`` label; none in older versions).
+    pattern = r"^gemmserve_(batch_size|inference_duration_seconds)_(sum|count)(?:\{[^}]*\})? (\S+)$"
+    found: dict[tuple[str, str], float] = {}
+    for metric, kind, value in re.findall(pattern, text, re.M):
+        found[metric, kind] = found.get((metric, kind), 0.0) + float(value)
     batches, images = found.get(("batch_size", "count")), found.get(("batch_size", "sum"))
     engine_s = found.get(("inference_duration_seconds", "sum"))
     if not batches or not engine_s:

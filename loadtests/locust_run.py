@@ -18,6 +18,7 @@ SCENARIOS = {
     "open": ("OpenLoopClient",),
     "mixed+open": ("MixedClient", "OpenLoopClient"),
     "single": ("SingleImageClient",),
+    "models": ("MultiModelClient",),  # with --set model_repository=DIR
 }
 
 

@@ -5,6 +5,9 @@
   multipart uploads of several images, ``.npy`` tensors, JSON base64, KServe v2 infer, and a trickle
   of bad inputs that must be refused with a 4xx (a success when they are, a failure otherwise).
 - ``SingleImageClient``: closed loop, no think time, one PNG per request (the report's sweep).
+- ``MultiModelClient``: closed loop over every ready model of a repository (``GET /models``):
+  each request picks a model at random and sends ``.npy`` images of its own input shape to
+  ``/models/{name}/predict``.
 - ``OpenLoopClient``: open loop: requests start at Poisson arrival times whatever the latency,
   optionally in bursts (``--arrival-rate``, ``--burst-factor``, ``--burst-period-s``).
 
@@ -62,9 +65,13 @@ def _images(**_kwargs) -> None:
 @events.test_start.add_listener
 def _model(environment, **_kwargs) -> None:
     """Ask the service for its model once; the tensors and bad inputs depend on its shape."""
-    with urllib.request.urlopen(environment.host.rstrip("/") + "/model", timeout=30) as response:
+    host = environment.host.rstrip("/")
+    with urllib.request.urlopen(host + "/model", timeout=30) as response:
         shape = ModelShape.from_info(json.load(response))
-    STATE.update(shape=shape, bad=bad_inputs(shape, SEED))
+    with urllib.request.urlopen(host + "/models", timeout=30) as response:
+        listing = json.load(response)["models"]
+    models = [ModelShape.from_info(m) for m in listing if m["state"] == "ready"]
+    STATE.update(shape=shape, bad=bad_inputs(shape, SEED), models=models)
 
 
 class ClientBase(FastHttpUser):
@@ -150,6 +157,20 @@ class SingleImageClient(ClientBase):
     @task
     def single_png(self) -> None:
         self.predict("/predict png", png_body(self.pngs(1)[0]))
+
+
+class MultiModelClient(ClientBase):
+    """Every ready model of the service, one at random per request, with little think time."""
+
+    wait_time = between(0.0, 0.05)
+
+    @task
+    def npy_any_model(self) -> None:
+        models = STATE["models"]
+        shape = models[int(self.rng.integers(len(models)))]
+        body = npy_body(self.rng, shape, int(self.rng.integers(1, 5)))
+        name = f"/models/{{name}}/predict npy ({shape.name})"
+        self.post(f"/models/{shape.name}/predict", name, body, check_predict)
 
 
 class OpenLoopClient(ClientBase):

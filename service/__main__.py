@@ -14,6 +14,8 @@ from pydantic import ValidationError
 
 from service.config import Settings
 
+REPEATED = {"model"}  # flags that may be given more than once
+
 
 def _shown(value: object) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--" + name.replace("_", "-"),
             dest=name,
             default=argparse.SUPPRESS,
+            action="append" if name in REPEATED else "store",
             metavar=name.upper(),
             help=f"{field.description or ''} (env GEMMSERVE_{name.upper()}; {default})",
         )

@@ -12,7 +12,7 @@ from service.config import Settings
 from service.fastpath import FastPath
 from service.handlers import install_handlers
 from service.middleware import BodyLimit, RequestMetrics
-from service.routes import health, kserve, metrics, predict
+from service.routes import health, kserve, metrics, models, predict
 from service.runtime import Runtime, WorkerLink
 
 
@@ -41,6 +41,8 @@ def create_app(settings: Settings, link: WorkerLink) -> FastAPI:
     app.add_middleware(FastPath, routes=[*predict.FAST_ROUTES, *kserve.FAST_ROUTES])
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=rt.metrics)  # outermost: sees every status
-    for router in (health.router, predict.router, kserve.router, metrics.router):
+    for router in (health.router, predict.router, models.router, kserve.router, metrics.router):
         app.include_router(router)
+    if settings.model_control == "explicit":  # no model-management endpoint unless asked for
+        app.include_router(models.control)
     return app

@@ -1,10 +1,11 @@
 """Dynamic batching: a bounded queue in front of the one thread that owns the engine.
 
 Knows nothing of HTTP. Requests queue single images with a deadline; the engine thread takes
-everything queued (up to ``max_batch_size``) as one batch. When the engine was idle a request
-starts at once; only under load does it wait up to ``max_delay_ms`` for a fuller batch. A failing
-batch is split in halves and retried, so only the culprit fails; every accepted image is answered
-exactly once.
+everything queued (up to ``max_batch_size``) as one batch. Each model has its own batcher; the
+engine thread is ``service.scheduler``'s, shared fairly between them. When the engine was idle a
+request starts at once; only under load does it wait up to ``max_delay_ms`` for a fuller batch.
+A failing batch is split in halves and retried, so only the culprit fails; every accepted image
+is answered exactly once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,6 +29,7 @@ from service.errors import (
     QueueFullError,
     to_service_error,
 )
+from service.scheduler import Scheduler
 
 log = logging.getLogger("gemmserve.batcher")
 
@@ -118,8 +119,11 @@ def _hand_back(items: list[_Item], results: list, exc: BaseException | None) -> 
 
 
 class Batcher:
-    """Owns the engine thread. ``setup`` runs on that thread and returns the batch function:
-    an (N, ...) array in, N per-image results out (rows of a fresh array, or any objects)."""
+    """One model's queue. ``setup`` runs on the engine thread and returns the batch function:
+    an (N, ...) array in, N per-image results out (rows of a fresh array, or any objects).
+
+    Batchers of several models share one ``Scheduler`` (one engine thread, served fairly);
+    without one, a batcher has an engine thread of its own."""
 
     def __init__(
         self,
@@ -130,6 +134,7 @@ class Batcher:
         max_delay_ms: float = 0.0,
         retry_after_s: int = 1,
         observer: Observer | None = None,
+        scheduler: Scheduler | None = None,
     ):
         self._setup = setup
         self._run_fn: Callable[[np.ndarray], Sequence[Any]] | None = None
@@ -139,11 +144,15 @@ class Batcher:
         self._retry_after_s = retry_after_s
         self._observer: Observer = observer or NullObserver()
         self._queue: deque[_Item] = deque()
-        self._cond = threading.Condition()
+        self._scheduler = scheduler or Scheduler()
+        self._own_scheduler = scheduler is None
+        self._cond = self._scheduler.cond
         self._closed = False
         self._running = 0
+        self._under_load = False  # idle at start: the first request runs at once
         self._cost_s: Callable[[int], float] | None = None
-        self._thread: threading.Thread | None = None
+        self.used_s = 0.0  # the scheduler's fair-share account
+        self._scheduler.add(self)
 
     @property
     def depth(self) -> int:
@@ -155,19 +164,32 @@ class Batcher:
         """Images inside the engine call running now (0 between calls)."""
         return self._running
 
+    def backlog(self) -> int:
+        """Images the engine thread may take now (none before ``setup`` has run)."""
+        return len(self._queue) if self._run_fn is not None else 0
+
     def set_cost_model(self, cost_s: Callable[[int], float]) -> None:
         """Estimated seconds to run a batch of n images (from measured bucket times). Call from
         ``setup``; with it, batch sizes are chosen by ``choose_batch_size``."""
         self._cost_s = cost_s
 
     def start(self) -> asyncio.Future:
-        """Start the engine thread; the future resolves with ``setup()``'s result (or its error)."""
+        """Queue ``setup`` on the engine thread; the future resolves with its result (or its
+        error). Images queue from now on and run once it succeeded."""
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
-        self._thread = threading.Thread(
-            target=self._main, args=(loop, ready), name="gemmserve-engine", daemon=True
-        )
-        self._thread.start()
+
+        def setup_job() -> None:
+            try:
+                run_fn = self._setup()
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which reports it
+                loop.call_soon_threadsafe(_settle, ready, None, exc)
+                return
+            with self._cond:
+                self._run_fn = run_fn
+            loop.call_soon_threadsafe(_settle, ready, run_fn, None)
+
+        self._scheduler.submit(setup_job)
         return ready
 
     async def infer(
@@ -209,16 +231,24 @@ class Batcher:
                     f"queue full ({len(self._queue)} of {self.max_queue} images waiting)",
                     self._retry_after_s,
                 )
+            joined = not self._queue
             self._queue.extend(items)
-            self._cond.notify()
+            if joined:
+                self._scheduler.joined(self)
+            else:
+                self._cond.notify()
 
     def close(self, timeout_s: float) -> None:
         """Refuse new work, let the engine thread finish what is queued, then fail any leftovers."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if self._own_scheduler:
+            self._scheduler.close(timeout_s)
+        else:
+            with self._cond:
+                self._cond.wait_for(lambda: self.backlog() == 0 and not self._running, timeout_s)
+        self._scheduler.remove(self)
         with self._cond:
             leftovers = list(self._queue)
             self._queue.clear()
@@ -226,31 +256,24 @@ class Batcher:
 
     # ---- engine thread -------------------------------------------------------------------------
 
-    def _main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future) -> None:
-        try:
-            self._run_fn = self._setup()
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which reports it
-            loop.call_soon_threadsafe(_settle, ready, None, exc)
-            return
-        loop.call_soon_threadsafe(_settle, ready, self._run_fn, None)
-        under_load = False  # idle at start: the first request runs at once
-        while (batch := self._next_batch(under_load)) is not None:
-            self._run(batch)
-            # Work queued up while this batch ran: the engine is the bottleneck right now.
-            under_load = bool(self._queue)
+    def take(self, others_waiting: bool) -> list[_Item]:
+        """The images of the next batch (called by the scheduler with the lock held). Only when
+        no other model waits does it hold out for a fuller batch."""
+        if self._under_load and self._max_delay_s > 0 and not others_waiting:
+            self._gather_more()
+        slack_s = self._queue[0].deadline - time.monotonic()
+        count = choose_batch_size(len(self._queue), self.max_batch_size, self._cost_s, slack_s)
+        return [self._queue.popleft() for _ in range(count)]
 
-    def _next_batch(self, under_load: bool) -> list[_Item] | None:
+    def run(self, items: list[_Item]) -> float:
+        """Run one batch taken by ``take``; the engine seconds it cost (the fair-share charge)."""
+        started = time.monotonic()
+        self._run(items)
         with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            if under_load and self._max_delay_s > 0:
-                self._gather_more()
-            slack_s = self._queue[0].deadline - time.monotonic()
-            count = choose_batch_size(len(self._queue), self.max_batch_size, self._cost_s, slack_s)
-            taken = [self._queue.popleft() for _ in range(count)]
-        return taken
+            # Work queued up while this batch ran: the engine is the bottleneck right now.
+            self._under_load = bool(self._queue)
+            self._cond.notify_all()  # a ``close`` may be waiting for the queue to empty
+        return time.monotonic() - started
 
     def _gather_more(self) -> None:
         """Under load (requests queued while the last batch ran): wait for a fuller batch, but

@@ -9,6 +9,8 @@ from PIL import Image
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.repository import ModelEntry, discover, pick_default
+
 MIB = 1024 * 1024
 
 
@@ -25,7 +27,22 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GEMMSERVE_", extra="forbid")
 
     # The contract of DESIGN.md: each also a `--flag`.
-    model: Path = Field(description="ONNX file, or a directory with model.onnx and model.json")
+    model: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="ONNX file, or a directory with model.onnx and model.json; may repeat",
+    )
+    model_repository: Path | None = Field(
+        None, description="directory whose subdirectories with a model.onnx are models"
+    )
+    default_model: str | None = Field(
+        None, description="the model /predict and /model answer for; default: first by name"
+    )
+    model_control: Literal["none", "explicit"] = Field(
+        "none", description="explicit: POST /v2/repository/models/NAME/load|unload are enabled"
+    )
+    control_allow_remote: bool = Field(
+        False, description="accept model load/unload from other hosts than loopback"
+    )
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU if present")
@@ -128,12 +145,33 @@ class Settings(BaseSettings):
             raise ValueError(f"allowed_formats needs Pillow format names; unknown: {unknown}")
         return value
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _parse_models(cls, value: object) -> object:
+        # One path from the environment or a caller; a list from repeated --model flags. An
+        # empty value is none (a model repository alone, e.g. in a container built with one).
+        if value == "":
+            return ()
+        return (value,) if isinstance(value, str | Path) else value
+
     @field_validator("model")
     @classmethod
-    def _check_model(cls, value: Path) -> Path:
-        if not value.exists():
-            raise ValueError(f"model path {str(value)!r} does not exist")
+    def _check_model(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        for path in value:
+            if not path.exists():
+                raise ValueError(f"model path {str(path)!r} does not exist")
         return value
+
+    @model_validator(mode="after")
+    def _check_models(self) -> Settings:
+        entries = self.entries()  # a bad entry stops the service here, with its reason
+        pick_default(entries, self.default_model)
+        if self.cache_per_model and self.autotune_cache and self.autotune_cache.is_file():
+            raise ValueError(
+                f"autotune_cache {str(self.autotune_cache)!r} is a file; serving several "
+                "models it names a directory (one cache file per model)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_batching(self) -> Settings:
@@ -146,6 +184,22 @@ class Settings(BaseSettings):
             )
         return self
 
+    def entries(self) -> list[ModelEntry]:
+        """The models to serve, sorted by name (``RepositoryError`` for a bad entry)."""
+        return discover(self.model, self.model_repository)
+
+    @property
+    def default_model_name(self) -> str:
+        """The model ``POST /predict`` and ``GET /model`` answer for."""
+        return pick_default(self.entries(), self.default_model)
+
+    @property
+    def cache_per_model(self) -> bool:
+        """Whether ``autotune_cache`` names a directory of per-model files (several models, a
+        repository, or an existing directory) rather than one file (one ``--model``, as before)."""
+        several = self.model_repository is not None or len(self.model) > 1
+        return several or bool(self.autotune_cache and self.autotune_cache.is_dir())
+
     @property
     def effective_batch_sizes(self) -> tuple[int, ...]:
         """Buckets up to ``max_batch_size`` plus ``max_batch_size`` itself: nothing larger runs."""
@@ -156,4 +210,6 @@ class Settings(BaseSettings):
         """Settings safe to show on ``GET /model`` (paths as text)."""
         data = self.model_dump(mode="json")
         data["batch_sizes"] = list(self.effective_batch_sizes)
+        if len(self.model) == 1:  # one --model reads as before: a path, not a list
+            data["model"] = data["model"][0]
         return data

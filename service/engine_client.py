@@ -1,8 +1,9 @@
 """A worker's link to the engine process (the other end of ``service.engine_proc``).
 
-Connects (and reconnects after an engine restart), learns the model, makes the worker's slot
-arena, and hands requests over: images into free slots, one ``infer`` message, then outputs read
-back from the same slots once the engine says ``done``. Runs on the worker's event loop only.
+Connects (and reconnects after an engine restart), learns the models (the engine's catalog),
+makes one slot arena per model, and hands requests over: images into free slots of the model's
+arena, one ``infer`` message, then outputs read back from the same slots once the engine says
+``done``. Runs on the worker's event loop only.
 If the engine dies, every request waiting on it fails at once with ``EngineUnavailable`` (503).
 """
 
@@ -51,30 +52,32 @@ class EngineAddress:
 @dataclass(eq=False)
 class _Pending:
     future: asyncio.Future
+    arena: SlotArena | None  # None for a load or unload
     slots: list[int]
     abandoned: bool = False  # nobody reads the answer: the reader frees the slots
 
 
 class EngineClient:
-    """Requests to the engine; ``on_model`` / ``on_lost`` / ``on_failed`` report its state."""
+    """Requests to the engine; ``on_catalog`` / ``on_lost`` report its state."""
 
     def __init__(
         self,
         address: EngineAddress,
-        on_model: Callable[[protocol.ModelDescription], None],
+        on_catalog: Callable[[protocol.Catalog], None],
         on_lost: Callable[[str], None],
-        on_failed: Callable[[str], None],
     ):
         self.address = address
-        self.description: protocol.ModelDescription | None = None
-        self.arena: SlotArena | None = None
-        self._on_model, self._on_lost, self._on_failed = on_model, on_lost, on_failed
+        self.catalog = protocol.Catalog({}, settled=False)
+        self.arenas: dict[str, SlotArena] = {}  # by model name
+        self._arena_serial = itertools.count()
+        self._announced: set[str] = set()  # models whose arena the connected engine knows
+        self._on_catalog, self._on_lost = on_catalog, on_lost
         self._conn: Connection | None = None
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count()
         self._task: asyncio.Task | None = None
         self._lost = asyncio.Event()
-        self.adopted = asyncio.Event()  # set once the engine has described its model
+        self.adopted = asyncio.Event()  # set once the engine has settled its models' states
 
     # ---- connection -------------------------------------------------------------------------
 
@@ -87,14 +90,15 @@ class EngineClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._disconnect("worker stopping")
-        if self.arena is not None:
-            self.arena.close()
-            self.arena = None
+        for arena in self.arenas.values():
+            arena.close()
+        self.arenas.clear()
 
     async def _stay_connected(self) -> None:
         while True:
             conn = await self._connect()
             self._conn, self._lost = conn, asyncio.Event()
+            self._announced.clear()
             asyncio.get_running_loop().add_reader(conn.fileno(), self._readable)
             self._send((protocol.HELLO, os.getpid()))
             await self._lost.wait()
@@ -120,8 +124,8 @@ class EngineClient:
             if not entry.future.done():
                 entry.future.set_exception(error)
         self._pending.clear()
-        if self.arena is not None:
-            self.arena.reset()
+        for arena in self.arenas.values():
+            arena.reset()
         self._on_lost(reason)
         self._lost.set()
 
@@ -149,10 +153,8 @@ class EngineClient:
         kind = message[0]
         if kind in (protocol.DONE, protocol.ERROR):
             self._answer(message)
-        elif kind == protocol.MODEL:
+        elif kind == protocol.CATALOG:
             self._adopt(message[1])
-        elif kind == protocol.FAILED:
-            self._on_failed(message[1])
 
     def _answer(self, message: tuple) -> None:
         entry = self._pending.get(message[1])
@@ -165,33 +167,50 @@ class EngineClient:
         else:
             entry.future.set_exception(protocol.rebuild_error(*message[2:]))
 
-    def _adopt(self, description: protocol.ModelDescription) -> None:
+    def _adopt(self, catalog: protocol.Catalog) -> None:
+        """A new catalog: an arena for each ready model that has none of its size yet."""
+        ready = [m.description for m in catalog.models.values() if m.state == protocol.READY]
+        for description in ready:
+            arena = self.arenas.get(description.name)
+            if arena is None or arena.slot_floats != description.slot_floats:
+                arena = self._make_arena(description, len(catalog.models))
+            if description.name not in self._announced:  # a new arena, or a new engine
+                self._send((protocol.ARENA, description.name, arena.name, arena.slot_floats,
+                            arena.count))  # fmt: skip
+                self._announced.add(description.name)
+        self.catalog = catalog
+        self._send((protocol.ACK, catalog.serial))  # after the arenas: the engine sees them first
+        self._on_catalog(catalog)
+        if catalog.settled:
+            self.adopted.set()
+
+    def _make_arena(self, description: protocol.ModelDescription, models: int) -> SlotArena:
+        """A fresh arena (the old one, if any, is left to requests still holding its slots).
+        Each model gets a share of the worker's budget, but always room for one request."""
         a = self.address
-        if self.arena is None or self.arena.slot_floats != description.slot_floats:
-            if self.arena is not None:
-                self.arena.close()
-            self.arena = SlotArena.create(
-                f"{a.arena_prefix}{os.getpid()}",
-                description.slot_floats,
-                a.arena_budget_bytes,
-                a.least_slots,
-            )
-        self.description = description
-        arena = self.arena
-        self._send((protocol.ARENA, arena.name, arena.slot_floats, arena.count))
-        self._on_model(description)
-        self.adopted.set()
+        serial = next(self._arena_serial)
+        arena = SlotArena.create(
+            f"{a.arena_prefix}{os.getpid()}-{serial}",
+            description.slot_floats,
+            a.arena_budget_bytes // max(1, models),
+            a.least_slots,
+        )
+        self.arenas[description.name] = arena
+        self._announced.discard(description.name)
+        return arena
 
     def _release(self, request_id: int) -> None:
         entry = self._pending.pop(request_id, None)
-        if entry is not None and self.arena is not None:
-            self.arena.give_back(entry.slots)
+        if entry is not None and entry.arena is not None:
+            entry.arena.give_back(entry.slots)
 
     # ---- requests ---------------------------------------------------------------------------
 
-    def _submit(self, batch: np.ndarray, deadline: float) -> tuple[int, _Pending]:
-        desc, arena = self.description, self.arena
-        if self._conn is None or desc is None or arena is None:
+    def _submit(
+        self, desc: protocol.ModelDescription, batch: np.ndarray, deadline: float
+    ) -> tuple[int, _Pending]:
+        arena = self.arenas.get(desc.name)
+        if self._conn is None or arena is None:
             raise EngineUnavailable("engine unavailable: restarting", self.address.retry_after_s)
         slots = arena.take(len(batch))
         if slots is None:
@@ -203,20 +222,43 @@ class EngineClient:
             arena.view(slot, desc.input_shape)[...] = image
         request_id = next(self._ids)
         entry = self._pending[request_id] = _Pending(
-            asyncio.get_running_loop().create_future(), slots
+            asyncio.get_running_loop().create_future(), arena, slots
         )
         try:
-            self._send((protocol.INFER, request_id, desc.name, slots, deadline))
+            self._send((protocol.INFER, request_id, desc.name, desc.version, slots, deadline))
         except EngineUnavailable:
             self._release(request_id)
             raise
         return request_id, entry
 
+    async def control(self, kind: str, name: str, timeout_s: float) -> None:
+        """Ask the engine to load (or reload) or unload model ``name``; returns once done, or
+        raises the engine's error (``DeadlineExceeded`` after ``timeout_s``)."""
+        if self._conn is None:
+            raise EngineUnavailable("engine unavailable: restarting", self.address.retry_after_s)
+        request_id = next(self._ids)
+        entry = self._pending[request_id] = _Pending(
+            asyncio.get_running_loop().create_future(), None, []
+        )
+        try:
+            self._send((kind, request_id, name))
+            await asyncio.wait_for(asyncio.shield(entry.future), timeout_s)
+        except TimeoutError:
+            message = f"{kind} of model {name!r} still running after {timeout_s} s"
+            raise DeadlineExceeded(message) from None
+        finally:
+            self._release(request_id)
+        entry.future.result()
+
     async def infer(
-        self, batch: np.ndarray, deadline: float, give_up: asyncio.Future | None = None
+        self,
+        desc: protocol.ModelDescription,
+        batch: np.ndarray,
+        deadline: float,
+        give_up: asyncio.Future | None = None,
     ) -> np.ndarray:
-        """The model's outputs for ``batch`` (N, ...), one row per image, in order."""
-        request_id, entry = self._submit(batch, deadline)
+        """The outputs of model ``desc`` for ``batch`` (N, ...), one row per image, in order."""
+        request_id, entry = self._submit(desc, batch, deadline)
         waiting = {entry.future} if give_up is None else {entry.future, give_up}
         timeout_s = max(deadline - time.monotonic(), 0.0) + DEADLINE_GRACE_S
         await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
@@ -229,7 +271,7 @@ class EngineClient:
             raise DeadlineExceeded(f"no answer within the deadline ({len(batch)} image(s))")
         try:
             entry.future.result()  # the engine's error, if it sent one
-            shape = self.description.output_shape
-            return np.stack([self.arena.view(slot, shape) for slot in entry.slots])
+            shape = desc.output_shape
+            return np.stack([entry.arena.view(slot, shape) for slot in entry.slots])
         finally:
             self._release(request_id)

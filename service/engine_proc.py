@@ -1,10 +1,12 @@
-"""The engine process: the only process that loads the model and touches the device.
+"""The engine process: the only process that loads models and touches the device.
 
-It owns the model, the autotune cache, the device and the one batcher; HTTP workers connect to it
-over a Unix socket (``service.protocol``) and hand it images through shared memory
-(``service.shm``). Requests from every worker meet in the same queue, so batches form across
-workers. The process has two busy threads: the engine thread (the batcher's, which runs the model)
-and an asyncio loop that reads the workers' messages and answers them; no HTTP, no decoding.
+It owns every model, the autotune cache, the device and each model's batcher; HTTP workers
+connect to it over a Unix socket (``service.protocol``) and hand it images through shared memory
+(``service.shm``). Requests for a model from every worker meet in that model's queue, so batches
+form across workers. The process has two busy threads: the engine thread (``service.scheduler``:
+it loads the models and runs every batch, sharing its time fairly between the models) and an
+asyncio loop that reads the workers' messages and answers them; no HTTP, no decoding. A model
+that fails to load fails alone; the process stops only when none loaded.
 """
 
 from __future__ import annotations
@@ -17,21 +19,18 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
-from typing import Any
-
-import numpy as np
 
 from service import protocol
 from service.admission import SLOWDOWN_SCALE
-from service.batcher import Batcher, BatchStats
 from service.config import Settings
-from service.errors import ModelNotFound, NotReadyError, to_service_error
+from service.engine_models import ModelTable, ServedModel
+from service.errors import to_service_error
 from service.metrics import Metrics
-from service.model_setup import ModelFactory, setup_model
+from service.model_setup import ModelFactory
 from service.processes import die_with_parent, ignore_interrupts
+from service.scheduler import Scheduler
 from service.shm import Board, SlotArena
 
 log = logging.getLogger("gemmserve.engine")
@@ -59,9 +58,10 @@ class WorkerLink:
 
     def __init__(self, conn: Connection):
         self.conn = conn
-        self.arena: SlotArena | None = None
+        self.arenas: dict[str, SlotArena] = {}  # by model name
         self.cancels: dict[int, asyncio.Future] = {}
         self.closed = False
+        self.acked = 0  # the newest catalog the worker has seen
 
     def send(self, message: tuple) -> None:
         if self.closed:
@@ -73,62 +73,34 @@ class WorkerLink:
 
 
 class EngineHost:
-    """The batcher, the model and every worker link of one engine process."""
+    """Every model, the one engine thread (the scheduler) and every worker link of one engine
+    process."""
 
     def __init__(self, args: EngineArgs):
         self.args = args
         self.settings = args.settings
         self.metrics = Metrics("engine")
         self.board = Board.attach(args.board_name, args.workers)
-        self.description: protocol.ModelDescription | None = None
+        self.scheduler = Scheduler()
         self.links: list[WorkerLink] = []
+        self.table = ModelTable(self)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.model: Any = None
-        s = self.settings
-        self.batcher = Batcher(
-            self._setup,
-            max_batch_size=s.max_batch_size,
-            max_queue=s.max_queue,
-            max_delay_ms=s.max_delay_ms,
-            retry_after_s=s.retry_after_s,
-            observer=self,
-        )
-        self._cost_s: Callable[[int], float] | None = None
         self._slowdown = 1.0
 
-    def _setup(self) -> Callable[[np.ndarray], list[np.ndarray]]:
-        """Runs on the engine thread: the model's whole set-up, then the batch function."""
-        loaded = setup_model(self.settings, self.args.model_factory)
-        if loaded.cost_s is not None:
-            self.batcher.set_cost_model(loaded.cost_s)
-            self._cost_s = loaded.cost_s
-        self.metrics.set_autotune(dict(loaded.description.info.get("autotune") or {}))
-        self.model, self.description = loaded.model, loaded.description
+    def on_slowdown(self, ratio: float) -> None:
+        """One batch's time over its warm-up time, folded into the average the workers read."""
+        ratio = min(ratio, MAX_SLOWDOWN)  # one stalled batch must not shut admission for long
+        self._slowdown += SLOWDOWN_WEIGHT * (ratio - self._slowdown)
         self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
-        model = loaded.model
-        # A copy: the engine reuses its output buffer for the next batch.
-        return lambda x: list(np.array(model(x), np.float32, copy=True))
 
-    # ---- the batcher's observer: metrics, and the slowdown the workers' admission reads ----
-
-    def on_batch(self, stats: BatchStats) -> None:
-        self.metrics.on_batch(stats)
-        if self._cost_s is not None:
-            # Clamped: one stalled batch must not shut admission for the next dozens.
-            ratio = min(stats.inference_s / max(self._cost_s(stats.size), 1e-9), MAX_SLOWDOWN)
-            self._slowdown += SLOWDOWN_WEIGHT * (ratio - self._slowdown)
-            self.board.cells[Board.SLOWDOWN] = int(self._slowdown * SLOWDOWN_SCALE)
-
-    def on_reject(self, reason: str, count: int) -> None:
-        self.metrics.on_reject(reason, count)
-
-    def on_split(self, reason: str) -> None:
-        self.metrics.on_split(reason)
+    @property
+    def models(self) -> dict[str, ServedModel]:
+        return self.table.models
 
     # ---- the process --------------------------------------------------------------------------
 
     async def serve(self) -> int:
-        """Load the model, answer workers until SIGTERM; the process's exit code."""
+        """Load the models, answer workers until SIGTERM; the process's exit code."""
         self.loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         self.loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -136,26 +108,28 @@ class EngineHost:
             os.unlink(self.args.socket_path)
         listener = Listener(self.args.socket_path, "AF_UNIX", authkey=self.args.authkey)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-        loaded, stopping = self.batcher.start(), asyncio.ensure_future(stop.wait())
+        loaded = asyncio.ensure_future(self.table.load_all())
+        stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({loaded, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not loaded.done():  # stopped while loading: nothing to drain (the thread is a daemon)
             return 0
         stopping.cancel()
-        if loaded.exception() is not None:
-            exc = loaded.exception()
-            log.error("model failed to load: %s: %s", type(exc).__name__, exc)
-            log.debug("model load traceback", exc_info=exc)
-            for link in self.links:
-                link.send((protocol.FAILED, f"model failed to load: {exc}"))
+        if not loaded.result() and self.settings.model_control == "none":
+            log.error("model failed to load: no model loaded; stopping")
             return LOAD_FAILED_EXIT
-        for link in self.links:
-            link.send((protocol.MODEL, self.description))
         ticker = asyncio.ensure_future(self._publish(stop))
         await stop.wait()
         ticker.cancel()
-        await asyncio.to_thread(self.batcher.close, self.settings.graceful_shutdown_s)
+        await asyncio.to_thread(self._close, self.settings.graceful_shutdown_s)
         listener.close()
         return 0
+
+    def _close(self, grace_s: float) -> None:
+        """Every queue drains (bounded by ``grace_s`` in all), then the engine thread stops."""
+        end = time.monotonic() + grace_s
+        for served in [*self.models.values(), *self.table.retiring.values()]:
+            served.batcher.close(max(0.0, end - time.monotonic()))
+        self.scheduler.close(max(0.0, end - time.monotonic()))
 
     def _accept(self, listener: Listener) -> None:
         """Accept thread: each new worker connection is handed to the loop."""
@@ -171,16 +145,19 @@ class EngineHost:
 
     async def _publish(self, stop: asyncio.Event) -> None:
         """Keep the board's queue figures fresh (workers admit by them) and the GPU gauges."""
-        cells, gpu_due = self.board.cells, 0.0
+        cells, gpu_due, last_depths = self.board.cells, 0.0, None
         while not stop.is_set():
-            cells[Board.DEPTH] = self.batcher.depth
-            cells[Board.RUNNING] = self.batcher.running
-            if (
-                self.model is not None
-                and self.model.device == "cuda"
-                and time.monotonic() > gpu_due
-            ):
-                self.metrics.set_gpu_memory(self.model.backend.memory())
+            served = list(self.models.values())
+            depths = {m.name: m.batcher.depth for m in served}
+            if depths != last_depths:
+                self.metrics.set_queue_depths(depths)
+                last_depths = depths
+            cells[Board.DEPTH] = sum(depths.values())
+            cells[Board.RUNNING] = sum(m.batcher.running for m in served)
+            on_gpu = [m.model for m in served if m.model is not None and m.model.device == "cuda"]
+            if on_gpu and time.monotonic() > gpu_due:
+                # One device context: any model's backend reports the whole device.
+                self.metrics.set_gpu_memory(on_gpu[0].backend.memory())
                 gpu_due = time.monotonic() + GPU_PERIOD_S
             await asyncio.sleep(BOARD_PERIOD_S)
 
@@ -219,22 +196,37 @@ class EngineHost:
             if gone is not None and not gone.done():
                 gone.set_result(None)
         elif kind == protocol.ARENA:
-            link.arena = SlotArena.attach(*message[1:])
-        elif kind == protocol.HELLO and self.description is not None:
-            link.send((protocol.MODEL, self.description))
+            # A replaced arena stays mapped: requests that came before may still write to it.
+            model, *arena = message[1:]
+            link.arenas[model] = SlotArena.attach(*arena)
+        elif kind == protocol.ACK:
+            link.acked = max(link.acked, message[1])
+        elif kind in (protocol.LOAD, protocol.UNLOAD):
+            asyncio.ensure_future(self._control(link, *message))
+        elif kind == protocol.HELLO:
+            link.send((protocol.CATALOG, self.table.catalog()))
 
-    async def _infer(self, link: WorkerLink, request_id: int, model: str, slots, deadline) -> None:
-        """One request: its images join the queue; outputs go back into its slots."""
+    async def _control(self, link: WorkerLink, kind: str, request_id: int, name: str) -> None:
+        """A load or unload request; its answer once done (or its error)."""
+        try:
+            await (self.table.load(name) if kind == protocol.LOAD else self.table.unload(name))
+        except Exception as exc:  # noqa: BLE001 - every request gets its one answer
+            link.send(protocol.error_message(request_id, to_service_error(exc)))
+            return
+        link.send((protocol.DONE, request_id))
+
+    async def _infer(
+        self, link: WorkerLink, request_id: int, model: str, version: int, slots, deadline
+    ) -> None:
+        """One request: its images join its model's queue; outputs go back into its slots."""
         gone = self.loop.create_future()
         link.cancels[request_id] = gone
-        desc = self.description
         try:
-            if desc is None:
-                raise NotReadyError("model loading", self.settings.retry_after_s)
-            if model != desc.name:
-                raise ModelNotFound(f"model {model!r} is not served here")
-            images = [link.arena.view(slot, desc.input_shape) for slot in slots]
-            rows = await self.batcher.infer(images, deadline, give_up=gone)
+            served = self.table.find(model, version)
+            desc = served.check_serving()
+            arena = link.arenas[model]
+            images = [arena.view(slot, desc.input_shape) for slot in slots]
+            rows = await served.batcher.infer(images, deadline, give_up=gone)
         except Exception as exc:  # noqa: BLE001 - every request gets its one answer
             link.send(protocol.error_message(request_id, to_service_error(exc)))
             return
@@ -243,7 +235,7 @@ class EngineHost:
         if link.closed:
             return
         for slot, row in zip(slots, rows, strict=True):
-            link.arena.view(slot, desc.output_shape)[...] = row
+            arena.view(slot, desc.output_shape)[...] = row
         link.send((protocol.DONE, request_id))
 
 

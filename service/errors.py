@@ -61,6 +61,18 @@ class ModelNotFound(ServiceError):
     status, code = 404, "model_not_found"
 
 
+class ControlForbidden(ServiceError):
+    """Model load or unload from a host other than loopback (without --control-allow-remote)."""
+
+    status, code = 403, "forbidden"
+
+
+class ModelUnavailable(ServiceError):
+    """The model is known but does not answer: it failed to load (the message says why)."""
+
+    status, code = 503, "model_unavailable"
+
+
 class QueueFullError(ServiceError):
     """The batcher's bounded queue has no room; the client should retry later."""
 

@@ -10,6 +10,8 @@ from service.errors import MalformedRequest, PayloadTooLarge
 from service.handlers import error_response
 from service.metrics import Metrics
 
+MODEL_KEY = "gemmserve.model"  # the scope key naming the served model a request was for
+
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
@@ -88,4 +90,5 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe_request(template, status, time.perf_counter() - started)
+            model = scope.get(MODEL_KEY, "")  # set by a route once it knows the model exists
+            self.metrics.observe_request(template, status, time.perf_counter() - started, model)

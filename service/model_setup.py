@@ -17,17 +17,46 @@ import numpy as np
 
 import engine
 from service.config import Settings
-from service.modelspec import load_spec, locate
+from service.modelspec import load_spec, locate, read_meta
 from service.protocol import ModelDescription
+from service.repository import ModelEntry, cache_file
 
 log = logging.getLogger("gemmserve.engine")
 
 ModelFactory = Callable[[Settings], Any]
 
 
+def own_batching(settings: Settings, entry: ModelEntry) -> dict:
+    """The model's own ``batch_sizes`` / ``max_batch_size`` from its ``model.json`` (the
+    service's otherwise), as settings updates."""
+    meta = read_meta(locate(entry.path)[1])
+    if not meta.batch_sizes and not meta.max_batch_size:
+        return {}
+    sizes = tuple(sorted(set(meta.batch_sizes or settings.batch_sizes)))
+    largest = meta.max_batch_size or (max(sizes) if meta.batch_sizes else settings.max_batch_size)
+    if largest > max(sizes):
+        raise ValueError(f"model.json max_batch_size {largest} exceeds the largest of {sizes}")
+    return {"batch_sizes": sizes, "max_batch_size": largest}
+
+
+def model_settings(settings: Settings, entry: ModelEntry) -> Settings:
+    """The settings one model is loaded with: its own path, and its own autotune cache file
+    when the service keeps one per model (a warning, and tuning kept in memory, when the cache
+    directory cannot be made)."""
+    update: dict = {"model": (entry.path,), **own_batching(settings, entry)}
+    if settings.cache_per_model and settings.autotune_cache is not None:
+        try:
+            settings.autotune_cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("autotune cache directory unusable (%s); tuning kept in memory", exc)
+        update["autotune_cache"] = cache_file(settings.autotune_cache, entry)
+    return settings.model_copy(update=update)
+
+
 def load_engine_model(settings: Settings) -> Any:
-    """The default model factory: the engine, on the configured device and batch buckets."""
-    onnx_path, _, _ = locate(settings.model)
+    """The default model factory: the engine, on the configured device and batch buckets
+    (``settings`` as ``model_settings`` made them for one model)."""
+    onnx_path, _, _ = locate(settings.model[0])
     return engine.load_model(
         str(onnx_path),
         device=settings.device,
@@ -65,6 +94,17 @@ def bucket_seconds(*warmups: list[dict]) -> dict[int, float]:
     return best
 
 
+def memory_bytes(model: Any) -> dict[str, int]:
+    """What the model holds on its device: its weights (as the engine keeps them) and the
+    activation buffers and scratch workspace its batch buckets share."""
+    constants = getattr(model, "constants", None) or {}
+    arena = getattr(model, "arena", None)
+    return {
+        "weights_bytes": sum(int(getattr(c, "nbytes", 0)) for c in constants.values()),
+        "workspace_bytes": int(arena.nbytes) if arena is not None else 0,
+    }
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to serve, its description for the workers and its batch cost model."""
@@ -76,10 +116,10 @@ class LoadedModel:
 
 def setup_model(settings: Settings, factory: ModelFactory | None = None) -> LoadedModel:
     """Load, warm every bucket, self-test, cross-check (on a GPU, or when asked), then describe
-    the model (engine thread only)."""
+    the model (engine thread only). ``settings`` name one model (``model_settings``)."""
     started = time.monotonic()
     model = (factory or load_engine_model)(settings)
-    spec = load_spec(settings.model, tuple(model.input_shape))
+    spec = load_spec(settings.model[0], tuple(model.input_shape))
     # Twice: the first run tunes and plans, the second times each bucket for the batcher.
     seconds = bucket_seconds(model.warmup(), model.warmup())
     self_test(model)
@@ -95,7 +135,7 @@ def setup_model(settings: Settings, factory: ModelFactory | None = None) -> Load
         output_name=model.output_name,
         output_shape=tuple(model.output_shape),
         device=model.device,
-        info=dict(model.info()),
+        info={**model.info(), "memory": memory_bytes(model)},
         bucket_seconds=seconds,
         max_batch_size=settings.max_batch_size,
     )

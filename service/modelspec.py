@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RESAMPLE_NAMES = ("box", "bilinear", "bicubic", "lanczos", "nearest")
 
@@ -32,7 +32,8 @@ class Preprocess(BaseModel):
 
 
 class ModelJson(BaseModel):
-    """The optional ``model.json`` beside ``model.onnx``."""
+    """The optional ``model.json`` beside ``model.onnx``. ``batch_sizes`` and
+    ``max_batch_size``, when given, replace the service's for this model alone."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -40,6 +41,16 @@ class ModelJson(BaseModel):
     labels: list[str] | None = None
     preprocess: Preprocess = Preprocess()
     output: Literal["logits", "probabilities"] = "logits"
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(None, min_length=1)
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> ModelJson:
+        if self.batch_sizes and self.max_batch_size and self.max_batch_size > max(self.batch_sizes):
+            raise ValueError(
+                f"max_batch_size {self.max_batch_size} exceeds the largest of {self.batch_sizes}"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,11 @@ class ModelSpec:
         return str(index)
 
 
+def read_meta(meta_path: Path | None) -> ModelJson:
+    """The model's ``model.json`` (all defaults when there is none)."""
+    return ModelJson.model_validate(json.loads(meta_path.read_text())) if meta_path else ModelJson()
+
+
 def locate(path: Path) -> tuple[Path, Path | None, str]:
     """Return (onnx file, model.json or None, default name) for a file or a model directory."""
     if path.is_dir():
@@ -77,7 +93,7 @@ def locate(path: Path) -> tuple[Path, Path | None, str]:
 def load_spec(path: Path, input_shape: tuple[int, ...]) -> ModelSpec:
     """Read ``model.json`` (if any) and fill its gaps from the model's (C, H, W) input shape."""
     onnx_path, meta_path, default_name = locate(path)
-    meta = ModelJson.model_validate(json.loads(meta_path.read_text())) if meta_path else ModelJson()
+    meta = read_meta(meta_path)
     channels, height, width = (tuple(input_shape) + (1, 1, 1))[:3]
     pre = meta.preprocess
     color_mode = pre.color_mode or ("L" if channels == 1 else "RGB")

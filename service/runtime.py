@@ -1,9 +1,10 @@
-"""What one HTTP worker holds: settings, lifecycle, metrics, the decoder and its engine link.
+"""What one HTTP worker holds: settings, lifecycle, metrics, the decoders and its engine link.
 
-The model lives in the engine process (``service.engine_proc``); a worker learns its description
-when it connects and is ready from then on, until the engine goes away (``/readyz`` 503 while it
-restarts) or the worker drains. ``Runtime.run`` is the one request flow every inference route
-shares: admit, check capacity, read the body, decode, infer.
+The models live in the engine process (``service.engine_proc``); a worker learns their states
+(the catalog) when it connects and is ready once the start-up loads are over and a model is
+ready, until the engine goes away (``/readyz`` 503 while it restarts) or the worker drains.
+``Runtime.run`` is the one request flow every inference route shares: admit, check capacity,
+read the body, decode, infer.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from service.admission import SLOWDOWN_SCALE, Admission
 from service.config import Settings
 from service.decode import Decoder, Limits
 from service.engine_client import EngineAddress, EngineClient
-from service.errors import QueueFullError
+from service.errors import ModelNotFound, ModelUnavailable, NotReadyError, QueueFullError
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
+from service.middleware import MODEL_KEY
 from service.multipart import MultipartLimits
-from service.protocol import ModelDescription
+from service.protocol import FAILED, READY, Catalog, ModelDescription
 from service.shm import Board
 
 log = logging.getLogger("gemmserve")
@@ -80,6 +82,18 @@ class Decoded:
     context: Any = None
 
 
+@dataclass(frozen=True)
+class Served:
+    """A ready model as a worker sees it: its description and its decoder."""
+
+    description: ModelDescription
+    decoder: Decoder
+
+    @property
+    def name(self) -> str:
+        return self.description.name
+
+
 class Runtime:
     """The worker's state, shared by the routes through ``app.state.runtime``."""
 
@@ -88,12 +102,13 @@ class Runtime:
         self.link = link
         self.lifecycle = Lifecycle(settings.retry_after_s, reason="engine starting")
         self.metrics = Metrics("worker")
-        self.description: ModelDescription | None = None
-        self.decoder: Decoder | None = None
+        self.default_name = settings.default_model_name
+        self.catalog = Catalog({}, settled=False)
+        self.served: dict[str, Served] = {}  # the ready models
         self.admission = Admission(settings, self.metrics.on_reject)
         self.executor: ThreadPoolExecutor | None = None
         self.board: Board | None = None
-        self.client = EngineClient(link.address, self._on_model, self._on_lost, self._on_failed)
+        self.client = EngineClient(link.address, self._on_catalog, self._on_lost)
 
     # ---- start and stop --------------------------------------------------------------------
 
@@ -119,17 +134,56 @@ class Runtime:
         if self.board is not None:
             self.board.close()
 
-    def _on_model(self, description: ModelDescription) -> None:
-        self.description = description
-        self.decoder = Decoder(description.spec, description.input_shape, limits_of(self.settings))
-        self.admission.set_costs(description.bucket_seconds, description.max_batch_size)
-        self.lifecycle.set_ready()
+    @property
+    def description(self) -> ModelDescription | None:
+        """The default model's description (None until it is ready)."""
+        served = self.served.get(self.default_name)
+        return served.description if served is not None else None
+
+    def _on_catalog(self, catalog: Catalog) -> None:
+        """The engine's models changed state: decoders for the ready ones; readiness once the
+        start-up loads are over (ready if any model is; failed, and the service stops, if none)."""
+        served = {}
+        for name, status in catalog.models.items():
+            if status.state != READY:
+                continue
+            known = self.served.get(name)
+            if known is not None and known.description == status.description:
+                served[name] = known
+            else:
+                desc = status.description
+                decoder = Decoder(desc.spec, desc.input_shape, limits_of(self.settings))
+                served[name] = Served(desc, decoder)
+        self.catalog, self.served = catalog, served
+        costs = served.get(self.default_name) or next(iter(served.values()), None)
+        if costs is not None:  # admission estimates waits by the default model's batch costs
+            desc = costs.description
+            self.admission.set_costs(desc.bucket_seconds, desc.max_batch_size)
+        if not catalog.settled:
+            return
+        if served or self.settings.model_control == "explicit":  # models may be loaded later
+            self.lifecycle.set_ready()
+        else:
+            reasons = "; ".join(f"{n}: {m.reason}" for n, m in catalog.models.items())
+            self.lifecycle.set_failed(f"no model loaded ({reasons})")
 
     def _on_lost(self, reason: str) -> None:
         self.lifecycle.set_unready(f"engine restarting ({reason})")
 
-    def _on_failed(self, reason: str) -> None:
-        self.lifecycle.set_failed(reason)
+    def model(self, name: str | None = None) -> Served:
+        """The ready model ``name`` (default: the default model); 404 for a name the engine
+        does not know, 503 for one loading, unloading or failed (with the reason)."""
+        name = self.default_name if name is None else name
+        served = self.served.get(name)
+        if served is not None:
+            return served
+        status = self.catalog.models.get(name)
+        if status is None and (self.catalog.settled or self.catalog.models):
+            raise ModelNotFound(f"model {name!r} is not served here")
+        if status is not None and status.state == FAILED:
+            raise ModelUnavailable(f"model {name!r} failed to load: {status.reason}")
+        state = status.state if status is not None else self.lifecycle.reason
+        raise NotReadyError(f"model {name!r} is not ready: {state}", self.settings.retry_after_s)
 
     # ---- what other processes publish ------------------------------------------------------
 
@@ -148,11 +202,11 @@ class Runtime:
 
     # ---- per request ---------------------------------------------------------------------------
 
-    def check_capacity(self) -> None:
+    def check_capacity(self, model: str) -> None:
         """Refuse at once, before reading the body, when the queue is already full."""
         depth = int(self.board.cells[Board.DEPTH]) if self.board is not None else 0
         if depth >= self.settings.max_queue:
-            self.metrics.on_reject("queue_full", 1)
+            self.metrics.on_reject("queue_full", 1, model)
             raise QueueFullError(
                 f"queue full ({depth} images waiting)", self.settings.retry_after_s
             )
@@ -170,25 +224,39 @@ class Runtime:
             budget_ms = timeout_ms
         return time.monotonic() + budget_ms / 1000.0
 
+    def admit_model(self, request: Request, name: str | None) -> Served:
+        """The route's model, checked before anything else (503 while not ready, 404 unknown);
+        the request's metrics are labelled with it from then on."""
+        self.lifecycle.check_ready()
+        served = self.model(name)
+        request.scope[MODEL_KEY] = served.name
+        return served
+
     async def run(
-        self, request: Request, parse: Callable[[bytes], Decoded], timeout_ms: float | None = None
+        self,
+        request: Request,
+        served: Served,
+        parse: Callable[[bytes], Decoded],
+        timeout_ms: float | None = None,
     ) -> tuple[np.ndarray, Decoded]:
         """The request flow of every inference route: admit, capacity, read, decode, infer.
         Returns the model's outputs (one row per image) and the decoded request."""
         with self.lifecycle.admit(), self.metrics.inflight.track_inprogress():
-            self.check_capacity()
+            self.check_capacity(served.name)
             body = await request.body()
             decoded = await self.decode(parse, body)
             deadline = self.deadline(decoded.timeout_ms or timeout_ms)
             self.admission.check(len(decoded.batch), self.board)
-            outputs = await self.infer(request, decoded.batch, deadline)
+            outputs = await self.infer(request, served, decoded.batch, deadline)
         return outputs, decoded
 
-    async def infer(self, request: Request, batch: np.ndarray, deadline: float) -> np.ndarray:
+    async def infer(
+        self, request: Request, served: Served, batch: np.ndarray, deadline: float
+    ) -> np.ndarray:
         """Hand ``batch`` to the engine; one output row per image. If the client disconnects
         first, its images are dropped unrun."""
         gone = asyncio.ensure_future(_wait_disconnect(request))
         try:
-            return await self.client.infer(batch, deadline, give_up=gone)
+            return await self.client.infer(served.description, batch, deadline, give_up=gone)
         finally:
             gone.cancel()

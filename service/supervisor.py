@@ -96,7 +96,9 @@ class Supervisor:
         """Without a cache file of its own, a restarted engine would tune everything again."""
         s = self.settings
         if s.autotune_cache is None and s.autotune_mode != "off":
-            return s.model_copy(update={"autotune_cache": self.dir / "autotune.json"})
+            # Several models: a directory of per-model files; one model: one file, as before.
+            name = "autotune" if s.cache_per_model else "autotune.json"
+            return s.model_copy(update={"autotune_cache": self.dir / name})
         return s
 
     def _address(self, index: int) -> EngineAddress:

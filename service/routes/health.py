@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from fastapi.encoders import jsonable_encoder
 
 from service.routes import runtime
+from service.routes.models import describe
 from service.runtime import Runtime
 
 router = APIRouter(tags=["health"])
@@ -29,26 +29,5 @@ async def readyz(rt: Rt) -> dict:
 
 @router.get("/model", responses={503: {"description": "model not loaded yet"}})
 async def model_info(rt: Rt) -> dict:
-    """The engine's description of the model plus the service settings."""
-    if rt.description is None:
-        rt.lifecycle.check_ready()
-    spec = rt.description.spec
-    info = dict(rt.description.info)
-    info.update(
-        name=spec.name,
-        labels=list(spec.labels) if spec.labels else None,
-        preprocess={
-            "color_mode": spec.color_mode,
-            "size": list(spec.size_hw),
-            "resize": spec.resize,
-            "resample": spec.resample,
-            "invert": spec.invert,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-        },
-        output_kind=spec.output,
-        service=rt.settings.public(),
-        bucket_seconds=rt.description.bucket_seconds,
-        processes=rt.processes(),
-    )
-    return jsonable_encoder(info)
+    """The engine's description of the default model plus the service settings."""
+    return describe(rt, rt.model())

@@ -12,7 +12,7 @@ from service.errors import ModelNotFound, UnsupportedMediaType
 from service.fastpath import FastRoute
 from service.routes import runtime
 from service.routes.predict import ERRORS
-from service.runtime import Decoded, Runtime
+from service.runtime import Decoded, Runtime, Served
 from service.v2codec import encode_response, parse_request
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -25,13 +25,11 @@ NOT_SERVED = {
 INFER_ERRORS = {**ERRORS, **NOT_SERVED}
 
 
-def served(rt: Runtime, name: str, version: str = MODEL_VERSION) -> Runtime:
-    """Check the path names the served model (404 otherwise) and that it is loaded (503)."""
-    if rt.description is None:
-        rt.lifecycle.check_ready()
-    if name != rt.description.name or version != MODEL_VERSION:
+def served(rt: Runtime, name: str, version: str = MODEL_VERSION) -> Served:
+    """The model and version the path names: 404 if not served, 503 while not loaded."""
+    if version != MODEL_VERSION:
         raise ModelNotFound(f"model {name!r} version {version!r} is not served here")
-    return rt
+    return rt.model(name)
 
 
 @router.get("")
@@ -75,7 +73,8 @@ async def model_metadata(name: str, rt: Rt, version: str = MODEL_VERSION) -> dic
 @router.get("/models/{name}/versions/{version}/ready", responses=NOT_SERVED)
 async def model_ready(name: str, rt: Rt, version: str = MODEL_VERSION) -> dict:
     """200 when this model answers inference requests."""
-    served(rt, name, version).lifecycle.check_ready()
+    rt.lifecycle.check_ready()
+    served(rt, name, version)
     return {"name": name, "ready": True}
 
 
@@ -96,9 +95,10 @@ async def infer(
 async def infer_tensor(request: Request) -> Response:
     """The ``infer`` routes' work, from the request alone (``service.fastpath`` calls it)."""
     rt: Runtime = request.app.state.runtime
-    rt.lifecycle.check_ready()
     params = request.path_params
-    model = served(rt, params["name"], params.get("version", MODEL_VERSION)).description
+    rt.lifecycle.check_ready()
+    model_served = served(rt, params["name"], params.get("version", MODEL_VERSION))
+    model = rt.admit_model(request, model_served.name).description
     content_encoding = request.headers.get("content-encoding")
     if content_encoding not in (None, "identity"):
         raise UnsupportedMediaType(f"Content-Encoding {content_encoding!r} is not accepted")
@@ -106,9 +106,9 @@ async def infer_tensor(request: Request) -> Response:
 
     def parse(body: bytes) -> Decoded:
         parsed = parse_request(body, header_length, model.input_name, model.output_name)
-        return Decoded(rt.decoder.tensor(parsed.tensor), parsed.timeout_ms, parsed)
+        return Decoded(model_served.decoder.tensor(parsed.tensor), parsed.timeout_ms, parsed)
 
-    outputs, decoded = await rt.run(request, parse)
+    outputs, decoded = await rt.run(request, model_served, parse)
     content, json_length = encode_response(decoded.context, model.name, model.output_name, outputs)
     if json_length is None:
         return Response(content, media_type="application/json")

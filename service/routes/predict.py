@@ -123,24 +123,27 @@ def predict_params(request: Request, default_top_k: int) -> tuple[int, bool, flo
     return top_k, raw, timeout_ms
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    response_model_exclude_none=True,
-    responses=ERRORS,
-    openapi_extra={**REQUEST_BODY, "parameters": PARAMETERS},
-)
+ROUTE = {
+    "response_model": PredictResponse,
+    "response_model_exclude_none": True,
+    "openapi_extra": {**REQUEST_BODY, "parameters": PARAMETERS},
+}
+MODEL_ERRORS = {**ERRORS, 404: {"description": "no such model"}}
+
+
+@router.post("/predict", responses=ERRORS, **ROUTE)
 async def predict(request: Request) -> JSONResponse:
-    """Classify each image of the body; one result per image, in order."""
+    """Classify each image of the body with the default model; one result per image, in order."""
     rt: Runtime = request.app.state.runtime
     top_k, raw, timeout_ms = predict_params(request, rt.settings.top_k)
+    served = rt.admit_model(request, request.path_params.get("name"))
     content_type = request.headers.get("content-type")
 
     def parse(body: bytes) -> Decoded:
-        return Decoded(rt.decoder.decode(content_type, body))
+        return Decoded(served.decoder.decode(content_type, body))
 
-    outputs, _ = await rt.run(request, parse, timeout_ms)
-    spec = rt.description.spec
+    outputs, _ = await rt.run(request, served, parse, timeout_ms)
+    spec = served.description.spec
     answer = {
         "model": spec.name,
         "results": [result(r, spec, top_k, raw) for r in rank_batch(outputs, spec)],
@@ -149,4 +152,14 @@ async def predict(request: Request) -> JSONResponse:
     return JSONResponse(answer)
 
 
-FAST_ROUTES = [FastRoute("/predict", re.compile(r"/predict"), predict)]
+@router.post("/models/{name}/predict", responses=MODEL_ERRORS, **ROUTE)
+async def predict_model(request: Request, name: str) -> JSONResponse:
+    """As ``/predict``, with the model ``name`` of the repository."""
+    # Declared for the schema; requests are served by ``service.fastpath`` (``predict``).
+    return await predict(request)
+
+
+FAST_ROUTES = [
+    FastRoute("/predict", re.compile(r"/predict"), predict),
+    FastRoute("/models/{name}/predict", re.compile(r"/models/(?P<name>[^/]+)/predict"), predict),
+]

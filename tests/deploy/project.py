@@ -71,6 +71,7 @@ def run_healthcheck(argv: list[str], port: int) -> int:
 BASE = ("docker-compose.yml",)
 CPU = ("docker-compose.yml", "docker-compose.cpu.yml")
 GPUS = ("docker-compose.yml", "docker-compose.gpus.yml")
+MODELS = ("docker-compose.yml", "docker-compose.models.yml")
 SERVERS = ("gemmserve", "gemmserve-gpu1")
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?")
 

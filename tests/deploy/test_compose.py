@@ -11,6 +11,7 @@ from tests.deploy.project import (
     BASE,
     CPU,
     GPUS,
+    MODELS,
     SERVERS,
     VOLUME_DIR,
     compose_config,
@@ -27,6 +28,7 @@ CASES = {
     "cpu": (CPU, ()),
     "cpu+monitoring+tools": (CPU, ("monitoring", "tools")),
     "two-gpus+monitoring": (GPUS, ("monitoring",)),
+    "gpu+models": (MODELS, ()),
 }
 
 
@@ -159,3 +161,17 @@ def test_passthrough_settings_reach_the_container_only_when_set() -> None:
     assert env["GEMMSERVE_MAX_DELAY_MS"] == "4"
     unset = compose_config(BASE)["services"]["gemmserve"]["environment"]
     assert unset["GEMMSERVE_MAX_DELAY_MS"] is None
+
+
+def test_models_override_serves_the_repository_volume_read_only() -> None:
+    service = render(MODELS, GEMMSERVE_MODELS_DIR="/srv/models")["services"]["gemmserve"]
+    env = service["environment"]
+    assert env["GEMMSERVE_MODEL_REPOSITORY"] == "/models" and env["GEMMSERVE_MODEL"] == ""
+    assert env["GEMMSERVE_AUTOTUNE_CACHE"].startswith(VOLUME_DIR + "/")
+    mounts = {v["target"]: v for v in service["volumes"]}
+    assert mounts["/models"]["source"] == "/srv/models" and mounts["/models"]["read_only"]
+    assert mounts[VOLUME_DIR]["type"] == "volume"  # the cache volume is kept
+    settings = pytest.importorskip("service.config").Settings(
+        model="", model_repository=ROOT / "models", autotune_cache=None
+    )  # the repository the override mounts by default is one the service accepts
+    assert [entry.name for entry in settings.entries()] == ["digits"]

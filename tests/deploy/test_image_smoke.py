@@ -215,7 +215,10 @@ def test_bundled_model_answers_a_prediction_counted_under_its_route(image: Image
     assert body["results"][0]["predictions"], body
     # The alerts, the dashboard's default and the autoscaler's request rate select this label.
     metrics = http_get(image.url + "/metrics")[1].decode()
-    assert 'gemmserve_request_duration_seconds_count{route="/predict",status="200"}' in metrics
+    counted = (
+        'gemmserve_request_duration_seconds_count{model="digits",route="/predict",status="200"}'
+    )
+    assert counted in metrics
     for path in ("deploy/prometheus-rules.yml", "deploy/k8s/prometheus-adapter-values.yaml"):
         assert 'route="/predict"' in (ROOT / path).read_text(), path
 

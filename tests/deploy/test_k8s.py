@@ -129,5 +129,5 @@ def test_configmap_holds_valid_service_settings() -> None:
     assert all(key.startswith("GEMMSERVE_") for key in data)
     kwargs = {key.removeprefix("GEMMSERVE_").lower(): value for key, value in data.items()}
     assert set(kwargs) <= set(config.Settings.model_fields)
-    settings = config.Settings(model=ROOT, **kwargs)  # raises on a value the service refuses
+    settings = config.Settings(model=ROOT / "models" / "digits", **kwargs)  # raises if refused
     assert settings.device == "cuda"

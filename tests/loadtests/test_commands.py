@@ -41,6 +41,23 @@ def test_run_passes_with_every_kind_of_request_and_no_failure(tmp_path):
     assert (tmp_path / "autotune.json").exists()  # the service tuned into the run's directory
 
 
+def test_models_scenario_mixes_every_model_of_a_repository(tmp_path):
+    from tests.service.models import write_model_dir
+
+    for name, channels, size in (("gray", 1, 8), ("rgb", 3, 16)):
+        write_model_dir(tmp_path / "repo", name, channels=channels, size=size)
+    done = loadtests("run", "--scenario", "models", "--run-time-s", "8", "--users", "4",
+                     "--out", str(tmp_path / "out"), "--set",
+                     f"model_repository={tmp_path / 'repo'}", timeout_s=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = stats_rows(tmp_path / "out" / "run_stats.csv")
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
+    for name in ("digits", "gray", "rgb"):  # the bundled model (--model) and the repository's
+        assert int(rows[f"/models/{{name}}/predict npy ({name})"]["Request Count"]) > 0
+    assert {p.name.split("-")[0] for p in (tmp_path / "out" / "autotune").iterdir()} == {
+        "digits", "gray", "rgb"}  # fmt: skip
+
+
 def test_run_fails_when_good_requests_fail(tmp_path):
     # A 1 us deadline: every good request gets 504, which must turn the run red.
     done = loadtests("run", "--run-time-s", "2", "--users", "2", "--set", "timeout_ms=0.001",

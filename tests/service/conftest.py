@@ -98,7 +98,8 @@ def metric(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     total = 0.0
     for line in text.splitlines():
-        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
+        # Label values may hold braces (route templates): skip over quoted text.
+        match = re.match(r'^([a-zA-Z_:][\w:]*)(\{(?:[^"}]|"[^"]*")*\})? (\S+)$', line)
         if not match or match.group(1) != name:
             continue
         found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
@@ -193,9 +194,9 @@ def engine_held(server):
         blocker.join()
 
 
-def wait_for(server, name: str, predicate, timeout_s: float = 20) -> None:
-    """Poll /metrics until ``predicate(value of name)`` holds."""
+def wait_for(server, name: str, predicate, timeout_s: float = 20, **labels: str) -> None:
+    """Poll /metrics until ``predicate(value of name)`` (with ``labels``) holds."""
     end = time.monotonic() + timeout_s
-    while not predicate(metric(server.metrics(), name)):
+    while not predicate(metric(server.metrics(), name, **labels)):
         assert time.monotonic() < end, f"{name} never reached the expected value"
         time.sleep(0.005)

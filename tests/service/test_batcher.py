@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -159,3 +160,47 @@ def test_idle_engine_starts_at_once_busy_engine_gathers_up_to_max_delay():
     idle_sizes, busy_sizes = asyncio.run(scenario())
     assert idle_sizes == [1, 1]
     assert busy_sizes == [1, 2]
+
+
+def test_models_sharing_the_engine_thread_take_turns_by_engine_time():
+    """A held batch of model a, then 10 more a images and one b image queue up: once released,
+    b runs next (it has used no engine time), not after a's whole queue."""
+    from service.scheduler import Scheduler
+
+    order: list[str] = []
+    gate = threading.Event()
+
+    def recording(name):
+        def run(x):
+            if name == "a" and not order:
+                gate.wait(30)
+            order.append(name)
+            return x * 2
+
+        return run
+
+    async def scenario():
+        scheduler = Scheduler()
+        a, b = (
+            Batcher(lambda n=n: recording(n), max_batch_size=2, max_queue=100, scheduler=scheduler)
+            for n in ("a", "b")
+        )
+        await asyncio.gather(a.start(), b.start())
+        deadline = time.monotonic() + 30
+        one = np.ones((1, 1), np.float32)
+        held = asyncio.ensure_future(a.infer(one, deadline))
+        while a.running == 0:
+            await asyncio.sleep(0.001)
+        flood = [asyncio.ensure_future(a.infer(one, deadline)) for _ in range(10)]
+        other = asyncio.ensure_future(b.infer(one * 3, deadline))
+        await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(held, *flood, other)
+        for batcher in (a, b):
+            batcher.close(5)
+        scheduler.close(5)
+        return results
+
+    results = asyncio.run(scenario())
+    assert [r[0].tolist() for r in results] == [[2.0]] * 11 + [[6.0]]
+    assert order[:2] == ["a", "b"] and order.count("a") == 6  # 1 held, then 10 in batches of 2

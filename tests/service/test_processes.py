@@ -59,9 +59,9 @@ def segments(supervisor_pid: int) -> set[str]:
 
 
 def expected_segments(supervisor_pid: int, workers: list[int]) -> set[str]:
-    """The board and one arena per live worker: nothing else."""
+    """The board and one arena per live worker (its first, for the one model): nothing else."""
     prefix = f"gemmserve-{supervisor_pid}-"
-    return {prefix + "board"} | {f"{prefix}w{i}-{pid}" for i, pid in enumerate(workers)}
+    return {prefix + "board"} | {f"{prefix}w{i}-{pid}-0" for i, pid in enumerate(workers)}
 
 
 def wait_until(predicate, timeout_s: float = 60, what: str = "condition") -> None:
