@@ -23,9 +23,12 @@ def limited(tmp_path_factory):
     write_model_dir(root, "small", size=16)
     write_model_dir(root, "large", size=128)
     args = ["--model-repository", str(root), "--model-control", "explicit"]
-    srv = Server([*args, "--memory-limit-mib", str(LIMIT_MIB)]).wait_ready(
-        300
-    )  # a first start compiles
+    srv = Server([*args, "--memory-limit-mib", str(LIMIT_MIB)])
+    try:
+        srv.wait_ready(300)  # a first start compiles the CPU kernels
+    except RuntimeError:
+        srv.stop()  # no server left behind when it never became ready
+        raise
     srv.root = root
     yield srv
     srv.stop()
