@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         le=3_600_000,
         description="refuse (429) at once a request the queue would answer later than this",
     )
+    memory_limit_mib: int | None = Field(
+        None,
+        ge=1,
+        description="total memory the models may use (their estimates summed); a model that "
+        "would not fit, or would not fit in the device's free memory, fails to load (507)",
+    )
     shm_mib_per_worker: int = Field(
         64, ge=1, le=65536, description="shared memory per worker for images in flight (/dev/shm)"
     )

@@ -21,7 +21,8 @@ import numpy as np
 
 from service import protocol
 from service.batcher import Batcher, BatchStats
-from service.errors import ModelNotFound, ModelUnavailable, NotReadyError
+from service.errors import ModelNotFound, ModelTooLarge, ModelUnavailable, NotReadyError
+from service.memory import MemoryEstimate, check_fits, estimate
 from service.model_setup import model_settings, setup_model
 from service.repository import ModelEntry, RepositoryError
 
@@ -39,6 +40,8 @@ class ServedModel:
     def __init__(self, host: EngineHost, entry: ModelEntry, version: int = 1):
         self.host, self.entry, self.name, self.version = host, entry, entry.name, version
         self.state, self.reason = protocol.LOADING, ""
+        self.error: Exception | None = None  # why it failed to load
+        self.need: MemoryEstimate | None = None  # its estimated bytes, once it was found to fit
         self.description: protocol.ModelDescription | None = None
         self.model: Any = None
         self.cost_s: Callable[[int], float] | None = None
@@ -58,7 +61,10 @@ class ServedModel:
         """Runs on the engine thread: the model's whole set-up, then the batch function."""
         settings = model_settings(self.host.settings, self.entry)
         self.batcher.max_batch_size = settings.max_batch_size  # the model's own, if it has one
+        need = self._check_memory(settings)
         loaded = setup_model(settings, self.host.args.model_factory)
+        if need is not None:
+            loaded.description.info["memory"]["estimated_bytes"] = need.total_bytes
         if loaded.cost_s is not None:
             self.batcher.set_cost_model(loaded.cost_s)
             self.cost_s = loaded.cost_s
@@ -70,6 +76,21 @@ class ServedModel:
         # A copy: the engine reuses its output buffer for the next batch.
         return lambda x: list(np.array(model(x), np.float32, copy=True))
 
+    def _check_memory(self, settings) -> MemoryEstimate | None:
+        """Refuse (``ModelTooLarge``) before allocating anything when the model would not fit;
+        else its estimate, which counts against ``--memory-limit-mib`` from now on. Runs on the
+        engine thread, so the models loaded before it already hold their memory. A file ONNX
+        cannot read is left to the engine, whose error says more."""
+        try:
+            need = estimate(self.entry.onnx_path, max(settings.effective_batch_sizes))
+        except Exception as exc:  # noqa: BLE001 - the engine's load reports it
+            log.debug("no memory estimate for %s: %s", self.name, exc)
+            return None
+        others = self.host.table.reserved_bytes(self)
+        check_fits(self.name, need, others, settings.device, settings.memory_limit_mib)
+        self.need = need
+        return need
+
     async def load(self) -> None:
         """Load on the engine thread; a failure fails this model alone, with its reason."""
         try:
@@ -78,6 +99,7 @@ class ServedModel:
             log.error("model failed to load (%s): %s: %s", self.name, type(exc).__name__, exc)
             log.debug("model load traceback", exc_info=exc)
             self.state, self.reason = protocol.FAILED, f"{type(exc).__name__}: {exc}"
+            self.error = exc
             return
         self.state = protocol.READY
 
@@ -131,6 +153,16 @@ class ModelTable:
             link.send(message)
         return self.serial
 
+    def reserved_bytes(self, besides: ServedModel) -> int:
+        """The estimated bytes of every model but ``besides`` that holds (or is loading) its
+        memory: the current versions and those still draining. Read from the engine thread."""
+        held = [*list(self.models.values()), *list(self.retiring.values())]
+        return sum(
+            m.need.total_bytes
+            for m in held
+            if m is not besides and m.need is not None and m.state != protocol.FAILED
+        )
+
     def find(self, name: str, version: int) -> ServedModel:
         """The model version a request names (the current one, or one still draining)."""
         served = self.models.get(name)
@@ -173,11 +205,12 @@ class ModelTable:
             await new.load()
             if new.state == protocol.FAILED:
                 await asyncio.to_thread(new.batcher.close, 0)
+                kind = ModelTooLarge if isinstance(new.error, ModelTooLarge) else ModelUnavailable
                 if old is not None and old.state == protocol.READY:
-                    raise ModelUnavailable(f"model {name!r} reload failed (still serving the "
-                                           f"previous version): {new.reason}")  # fmt: skip
+                    raise kind(f"model {name!r} reload failed (still serving the previous "
+                               f"version): {new.reason}")  # fmt: skip
                 self.broadcast()
-                raise ModelUnavailable(f"model {name!r} failed to load: {new.reason}")
+                raise kind(f"model {name!r} failed to load: {new.reason}")
             self.models[name] = new
             if old is not None:
                 await self._retire(old, self.broadcast())

@@ -73,6 +73,14 @@ class ModelUnavailable(ServiceError):
     status, code = 503, "model_unavailable"
 
 
+class ModelTooLarge(ServiceError):
+    """The model would not fit: its estimated bytes exceed the device's free memory (less a
+    margin) or what ``--memory-limit-mib`` leaves. 507, as WebDAV's "Insufficient Storage": the
+    request is valid but the server lacks the room, and retrying helps only after an unload."""
+
+    status, code = 507, "insufficient_memory"
+
+
 class QueueFullError(ServiceError):
     """The batcher's bounded queue has no room; the client should retry later."""
 
