@@ -2,7 +2,8 @@
 
 The GEMM of im2col + GEMM, with the im2col rows read in place from the input inside the inner
 loop: no gather pass and no separate bias/activation pass. The register tile (output pixels x
-output channels, ``microkernel``) is chosen by the layer's channel count. Any kernel size,
+output channels, ``simd.tile_shape``) is chosen by the layer's channel count and the CPU's
+vector registers. Any kernel size,
 stride, dilation and padding; single-group convolutions only (grouped ones stay on the GEMM
 algorithms). The batch (or, below one image per core, the output rows) is split across the
 engine's worker threads; the kernel releases the GIL.
@@ -17,22 +18,14 @@ from engine.activations import apply_activation
 from engine.backends.base import pad_into
 from engine.conv.base import ConvAlgorithm
 from engine.conv.microkernel import conv_source, epilogue_bounds
+from engine.conv.simd import tile_shape, vector_shape
 from engine.conv.spec import ConvSpec, Epilogue
 from engine.threads import cpu_cores, run_in_threads
 
-#: (pixels, output channels) per register tile by the layer's output channels: 4 x 24 keeps 12
-#: AVX2 accumulators for 7 loads (75 GFLOP/s on one EPYC core at K = 64), narrower layers waste
-#: less with narrower tiles
-TILES = ((8, (8, 8)), (16, (4, 16)), (None, (4, 24)))
 
-
-def tile_for(k: int) -> tuple[int, int]:
-    return next(tile for limit, tile in TILES if limit is None or k <= limit)
-
-
-def conv_kernel(pixels: int, kb: int):
+def conv_kernel(pixels: int, vectors: int):
     """The compiled kernel for one register tile (compiled once, then from the disk cache)."""
-    return jit.load_source(f"conv_p{pixels}_k{kb}", conv_source(pixels, kb)).conv
+    return jit.load_source(f"conv_p{pixels}_v{vectors}", conv_source(pixels, vectors)).conv
 
 
 def blocked_weights(weight: np.ndarray, kb: int) -> np.ndarray:
@@ -72,8 +65,9 @@ class ImplicitGemm(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.pixels, self.kb = tile_for(spec.k)
-        self.kernel = conv_kernel(self.pixels, self.kb)
+        self.pixels, vectors = tile_shape(spec.k)
+        self.kb = vectors * vector_shape()[0]
+        self.kernel = conv_kernel(self.pixels, vectors)
         layout = f"implicit_gemm_k{self.kb}"
         self.weights = self.shared(layout, weight, lambda: blocked_weights(weight, self.kb))
         blocks = self.weights.shape[0]

@@ -1,22 +1,28 @@
 """Source of the compiled direct (implicit-GEMM) convolution kernel, generated per register tile.
 
-The kernel computes a tile of ``P`` output pixels x ``KB`` output channels with ``P * KB`` scalar
-accumulators: LLVM's SLP vectoriser packs each pixel's ``KB`` accumulators into AVX registers
-(``KB = 8`` or ``16``: one or two 8-float registers), so the inner loop over input channels is
-``P`` broadcasts, ``KB / 8`` vector loads of the weights and ``P * KB / 8`` fused multiply-adds,
-all from registers. The im2col rows are read in place from the (zero-padded) NHWC input: one
-contiguous run of C floats per pixel and kernel tap, never copied.
+The kernel walks the output rows in tiles of ``P`` output pixels x ``KB`` output channels; each
+tile is the explicit-vector register tile of ``engine.conv.simd`` (``P * KB / LANES`` vector
+accumulators, fused multiply-adds from registers), with a narrower tile for the end of a row. The
+im2col rows are read in place from the (zero-padded) NHWC input: one contiguous run of C floats
+per pixel and kernel tap, never copied. Bias and the activations ``epilogue_bounds`` knows are
+applied before the tile is stored, branch-free as ``min(max(y, lo), hi) + slope * min(y, 0)``, so
+one compiled kernel serves them all.
 
-Arrays are passed flat and every index is cast to unsigned: numba then drops its negative-index
-wrap-around, which otherwise hides that the weight loads are consecutive and stops the packing.
-Bias and the activations in ``FUSED`` are applied before the tile is stored, branch-free as
-``min(max(y, lo), hi) + slope * min(y, 0)`` (``epilogue_bounds``), so one compiled kernel serves
-them all and the stores stay vectorised.
+The generated source names a hash of the tile's code generator, so that numba's disk cache
+(keyed on the generated file) never serves a kernel built by an older generator.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from engine.jit import FASTMATH
+
+#: the register tile's code generator, by content (see the module docstring)
+GENERATOR = hashlib.sha256(
+    b"".join(Path(__file__).with_name(name).read_bytes() for name in ("simd.py", "simd_codegen.py"))
+).hexdigest()[:16]
 
 #: int64 parameter vector of a call (``geometry``): names in order
 PARAMS = (
@@ -32,8 +38,11 @@ SIGNATURE = (
 FLOAT32_MAX = 3.4028234e38
 
 HEADER = f"""\
+# register tile generator {GENERATOR}
 import numba
 import numpy as np
+
+from engine.conv import simd
 
 U = np.uint64
 FASTMATH = set({sorted(FASTMATH)!r})
@@ -57,66 +66,46 @@ def store(target: str, value: str) -> str:
     return f"{target} = min(max({value}, lo), hi) + slope * min({value}, Z)"
 
 
-def _tile(pixels: int, kb: int, indent: str) -> list[str]:
-    """Accumulate and store one tile of ``pixels`` x ``kb`` at output pixel ``ow``."""
-    lines = [f"a{p}_{j} = Z" for p in range(pixels) for j in range(kb)]
-    lines += [
-        "for r in range(R):",
-        "    xrow = ((n * HP + oh * SH + r * DH) * WP + ow * SW) * C",
-        "    for s in range(S):",
-        "        xb = xrow + s * DW * C",
-        "        wb = wbase + (r * S + s) * C * KB",
-        "        for c in range(C):",
-    ]
-    body = [f"v{p} = x[U(xb + {p} * step + c)]" for p in range(pixels)]
-    body += ["wq = wb + c * KB"] + [f"w{j} = w[U(wq + {j})]" for j in range(kb)]
-    body += [f"a{p}_{j} += v{p} * w{j}" for p in range(pixels) for j in range(kb)]
-    lines += [" " * 12 + line for line in body]
-    lines.append("if k0 + KB <= K:")
-    for p in range(pixels):
-        lines.append(f"    ob = obase + (ow + {p}) * K + k0")
-        for j in range(kb):
-            lines.append("    " + store(f"out[U(ob + {j})]", f"(a{p}_{j} + b{j})"))
-    lines.append("else:")
-    for p in range(pixels):
-        lines.append(f"    ob = obase + (ow + {p}) * K + k0")
-        for j in range(kb):
-            lines.append(f"    if k0 + {j} < K:")
-            lines.append("        " + store(f"out[U(ob + {j})]", f"(a{p}_{j} + b{j})"))
-    return [indent + line for line in lines]
+def tile_call(pixels: int, pixel: str) -> str:
+    """A call of the ``pixels``-wide register tile at output pixel ``pixel`` of row ``oh``."""
+    return (
+        f"TILE_{pixels}(x, ((n * HP + oh * SH) * WP + {pixel} * SW) * C, SW * C, DH * WP * C,"
+        f" DW * C, R, S, C, w, wbase, bias, k0, K - k0, out, obase + {pixel} * K, K, lo, hi,"
+        " slope)"
+    )
 
 
-def rows_source(pixels: int, kb: int) -> str:
+def rows_source(pixels: int, vectors: int) -> str:
     """``conv_rows(x, w, bias, out, <PARAMS>, lo, hi, slope)``: the kernel on scalar geometry,
-    compiled into its callers (the ``conv`` entry point and Winograd's batched GEMMs)."""
+    compiled into its callers (the ``conv`` entry point and Winograd's batched GEMMs). Rows are
+    covered by ``pixels``-wide tiles, the rest of a row by one narrower tile."""
+    tail = [f"                if rest == {p}:\n                    {tile_call(p, 'ow')}"
+            for p in range(1, pixels)]  # fmt: skip
     lines = [
-        f"KB = {kb}",
+        f"KB = {vectors} * simd.vector_shape()[0]",
+        *[f"TILE_{p} = simd.conv_tile({p}, {vectors})" for p in range(1, pixels + 1)],
         "",
         "",
         "@numba.njit(inline='always', **JIT)",
         f"def conv_rows(x, w, bias, out, {', '.join(PARAMS)}, lo, hi, slope):",
-        "    Z = np.float32(0.0)",
-        "    step = SW * C",
         "    for n in range(N0, N1):",
         "        for oh in range(OH0, OH1):",
         "            obase = ((n * OH + oh) * OW) * K",
         "            for kblock in range(KBLOCKS):",
         "                k0 = kblock * KB",
         "                wbase = kblock * R * S * C * KB",
-        *[f"                b{j} = bias[U(k0 + {j})]" for j in range(kb)],
         "                ow = 0",
         f"                while ow + {pixels} <= OW:",
-        *_tile(pixels, kb, " " * 20),
+        f"                    {tile_call(pixels, 'ow')}",
         f"                    ow += {pixels}",
-        "                while ow < OW:",
-        *_tile(1, kb, " " * 20),
-        "                    ow += 1",
+        "                rest = OW - ow",
+        *tail,
         "",
     ]
     return "\n".join(lines)
 
 
-def conv_source(pixels: int, kb: int) -> str:
+def conv_source(pixels: int, vectors: int) -> str:
     """A module with ``conv(x, w, bias, out, geometry, lo, hi, slope)``.
 
     x: padded NHWC input (N, HP, WP, C); w: (KBLOCKS, R, S, C, KB) with K zero-padded to
@@ -125,7 +114,7 @@ def conv_source(pixels: int, kb: int) -> str:
     unpack = ", ".join(f"geometry[{i}]" for i in range(len(PARAMS)))
     lines = [
         HEADER,
-        rows_source(pixels, kb),
+        rows_source(pixels, vectors),
         "",
         f'@numba.njit("{SIGNATURE}", **JIT)',
         "def conv(x, w, bias, out, geometry, lo, hi, slope):",

@@ -12,6 +12,7 @@ from engine.activations import apply_activation
 from engine.backends.base import pad_into
 from engine.conv.base import ConvAlgorithm
 from engine.conv.microkernel import epilogue_bounds
+from engine.conv.simd import tile_shape, vector_shape
 from engine.conv.spec import ConvSpec, Epilogue
 from engine.conv.winograd import Winograd3x3, ceil_div, filter_tiles
 from engine.conv.winograd_f2x2_3x3 import WinogradF2x2
@@ -19,17 +20,11 @@ from engine.conv.winograd_f4x4_3x3 import WinogradF4x4
 from engine.conv.winograd_source import winograd_source
 from engine.threads import cpu_cores, run_in_threads
 
-#: the batched GEMMs' register tile (pixels = tiles, output channels), one for every layer: each
-#: tile is one more compile of the whole driver (about a minute for F(4x4)); 6 x 16 was 1.3x
-#: faster than 4 x 24 on a 32-channel layer (the short channel loop favours more pixels per
-#: weight load)
-GEMM_TILE = (6, 16)
 
-
-def winograd_kernel(base: type[Winograd3x3], pixels: int, kb: int):
+def winograd_kernel(base: type[Winograd3x3], pixels: int, vectors: int):
     """The compiled driver of ``base``'s transforms for one GEMM register tile."""
-    source = winograd_source(base.BT, base.AT, pixels, kb)
-    return jit.load_source(f"winograd_f{base.m}_p{pixels}_k{kb}", source).winograd
+    source = winograd_source(base.BT, base.AT, pixels, vectors)
+    return jit.load_source(f"winograd_f{base.m}_p{pixels}_v{vectors}", source).winograd
 
 
 class WinogradCompiled(ConvAlgorithm):
@@ -55,9 +50,10 @@ class WinogradCompiled(ConvAlgorithm):
 
     @classmethod
     def chunk(cls, spec: ConvSpec) -> int:
-        """Tiles per chunk: a multiple of 6 (the GEMM's pixel tile) within chunk_bytes."""
+        """Tiles per chunk: a multiple of the GEMM's pixel tile within chunk_bytes."""
+        pixels = tile_shape(spec.k)[0]
         tiles = cls.chunk_bytes // (cls.positions() * 4 * (spec.c + spec.k))
-        return max(6, min(240, tiles // 6 * 6))
+        return max(pixels, min(240, tiles) // pixels * pixels)
 
     @classmethod
     def parts(cls, spec: ConvSpec) -> list[tuple[int, int]]:
@@ -89,8 +85,9 @@ class WinogradCompiled(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.pixels, self.kb = GEMM_TILE
-        self.kernel = winograd_kernel(self.base, self.pixels, self.kb)
+        self.pixels, vectors = tile_shape(spec.k)
+        self.kb = vectors * vector_shape()[0]
+        self.kernel = winograd_kernel(self.base, self.pixels, vectors)
         layout = f"winograd_f{self.base.m}_k{self.kb}"
         self.u = self.shared(layout, weight, lambda: self.blocked(weight))
         self.zero_bias = np.zeros(self.u.shape[1] * self.kb, np.float32)

@@ -137,7 +137,7 @@ def _output_transform(at: np.ndarray) -> list[str]:
     ]
 
 
-def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, kb: int) -> str:
+def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -> str:
     """A module with ``winograd(xp, u, bias, zero_bias, out, v, m, geometry, lo, hi, slope)``.
 
     xp: input zero-padded to (N, HP, WP, C) with HP = m TH + 2, WP = m TW + 2; u: transformed
@@ -150,7 +150,7 @@ def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, kb: int) -> str
             " 1, T, C, 1, T, K, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, KBLOCKS, -BIG, BIG, Z)")  # fmt: skip
     lines = [
         HEADER,
-        rows_source(pixels, kb),
+        rows_source(pixels, vectors),
         "",
         f"BIG = np.float32({FLOAT32_MAX!r})",
         "",

@@ -14,8 +14,8 @@ import pytest
 
 from engine import jit
 from engine.backends import NumpyBackend
-from engine.conv import ALGORITHMS, Epilogue, candidates
-from engine.conv.implicit_gemm import TILES, conv_kernel, tile_for
+from engine.conv import ALGORITHMS, Epilogue, candidates, simd
+from engine.conv.implicit_gemm import conv_kernel
 from engine.conv.winograd_compiled import WinogradCompiled
 from engine.conv.winograd_source import linear
 from tests.engine.conv_cases import (
@@ -73,10 +73,10 @@ def test_compiled_takes_read_only_weights_and_bias(name):
 def test_winograd_chunks_smaller_than_a_thread_share(monkeypatch, name):
     """Several chunks per thread, the last one short: every tile is transformed once."""
     monkeypatch.setattr(WinogradCompiled, "chunk_bytes", 16 * 4 * (16 + 16) * 12)
-    spec = make_spec((3, 16, 13, 13, 16, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1), Epilogue("relu"))
+    spec = make_spec((3, 16, 29, 29, 16, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1), Epilogue("relu"))
     algo = ALGORITHMS[name]
     th, tw = algo.tiles(spec)
-    assert algo.chunk(spec) % 6 == 0 and 2 * algo.chunk(spec) < th * tw
+    assert algo.chunk(spec) % simd.tile_shape(16)[0] == 0 and 2 * algo.chunk(spec) < th * tw
     x, weight, bias = make_problem(spec, seed=3)
     y = run_algorithm(name, spec, x, weight, bias, BACKEND)
     assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
@@ -87,10 +87,15 @@ def test_transform_sums_written_out():
     assert linear([0, -4, 0.5], ["a", "b", "c"]) == "-np.float32(4.0) * b + np.float32(0.5) * c"
 
 
-def test_tiles_by_output_channels():
-    assert [tile_for(k) for k in (3, 8, 9, 16, 17, 128)] == [
-        (8, 8), (8, 8), (4, 16), (4, 16), (4, 24), (4, 24)]  # fmt: skip
-    assert TILES[-1][0] is None
+def test_tiles_fit_the_vector_registers():
+    lanes, registers = simd.vector_shape()
+    assert (lanes, registers) in ((16, 32), (8, 16))
+    previous = 0
+    for k in (1, 3, 8, 9, 16, 17, 32, 33, 64, 128, 512):
+        pixels, vectors = simd.tile_shape(k)
+        assert pixels * vectors + vectors + 1 <= registers  # accumulators, weights, broadcast
+        assert vectors >= previous and (vectors * lanes >= k or vectors == previous)
+        previous = vectors
 
 
 def test_numba_configured_before_it_compiles():
@@ -132,11 +137,12 @@ def run_python(code: str, **env) -> str:
 
 
 def test_a_second_process_loads_kernels_from_the_disk_cache():
-    conv_kernel(*tile_for(32))  # compiled (or loaded) here first
+    conv_kernel(*simd.tile_shape(32))  # compiled (or loaded) here first
     code = (
         "import json\n"
-        "from engine.conv.implicit_gemm import conv_kernel, tile_for\n"
-        "kernel = conv_kernel(*tile_for(32))\n"
+        "from engine.conv import simd\n"
+        "from engine.conv.implicit_gemm import conv_kernel\n"
+        "kernel = conv_kernel(*simd.tile_shape(32))\n"
         "print(json.dumps({'hits': sum(kernel.stats.cache_hits.values()),"
         " 'misses': sum(kernel.stats.cache_misses.values())}))\n"
     )

@@ -1,0 +1,128 @@
+"""LLVM IR of the register tile (``engine.conv.simd``); imports numba, so only the compiled
+kernels' modules import it, after ``engine.jit`` has configured numba."""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+F32 = ir.FloatType()
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+#: argument positions of the arrays: x, w, bias, out
+ARRAYS = (0, 8, 10, 13)
+
+
+class _Vectors:
+    """Helpers for one lane count: splats, loads, stores and the LLVM intrinsics used."""
+
+    def __init__(self, builder: ir.IRBuilder, lanes: int):
+        self.builder, self.lanes = builder, lanes
+        self.type = ir.VectorType(F32, lanes)
+        self.zero = ir.Constant(self.type, [0.0] * lanes)
+
+    def splat(self, scalar):
+        vtype = ir.VectorType(scalar.type, self.lanes)
+        undef = ir.Constant(vtype, ir.Undefined)
+        first = self.builder.insert_element(undef, scalar, ir.Constant(I32, 0))
+        zeros = ir.Constant(ir.VectorType(I32, self.lanes), [0] * self.lanes)
+        return self.builder.shuffle_vector(first, undef, zeros)
+
+    def pointer(self, base, index):
+        return self.builder.bitcast(self.builder.gep(base, [index]), self.type.as_pointer())
+
+    def load(self, base, index):
+        return self.builder.load(self.pointer(base, index), align=4)
+
+    def call(self, name: str, *args):
+        fnty = ir.FunctionType(self.type, [self.type] * len(args))
+        fn = cgutils.get_or_insert_function(self.builder.module, fnty, f"{name}.v{self.lanes}f32")
+        return self.builder.call(fn, list(args))
+
+    def store(self, value, base, index, count):
+        """Store the first ``count`` lanes (all of them when count >= lanes)."""
+        b = self.builder
+        ptr = self.pointer(base, index)
+        with b.if_else(b.icmp_signed(">=", count, ir.Constant(I64, self.lanes))) as (full, part):
+            with full:
+                b.store(value, ptr, align=4)
+            with part:
+                lane = ir.Constant(ir.VectorType(I64, self.lanes), list(range(self.lanes)))
+                mask = b.icmp_signed("<", lane, self.splat(count))
+                name = f"llvm.masked.store.v{self.lanes}f32.p0v{self.lanes}f32"
+                fnty = ir.FunctionType(ir.VoidType(), [self.type, self.type.as_pointer(), I32,
+                                                       mask.type])  # fmt: skip
+                fn = cgutils.get_or_insert_function(b.module, fnty, name)
+                b.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
+
+
+def _accumulate(vec: _Vectors, pixels: int, vectors: int, a, accs) -> None:
+    """The R x S x C loop: accs[p][v] += x(p, r, s, c) * w(r, s, c, v)."""
+    b = vec.builder
+    kb = ir.Constant(I64, vec.lanes * vectors)
+    tap = b.mul(a["C"], kb)  # weights of one kernel tap
+    with cgutils.for_range(b, a["R"]) as rows:
+        xr = b.add(a["xb"], b.mul(rows.index, a["rstride"]))
+        wr = b.add(a["wb"], b.mul(b.mul(rows.index, a["S"]), tap))
+        with cgutils.for_range(b, a["S"]) as cols:
+            xs = b.add(xr, b.mul(cols.index, a["sstride"]))
+            ws = b.add(wr, b.mul(cols.index, tap))
+            with cgutils.for_range(b, a["C"]) as channels:
+                c = channels.index
+                wq = b.add(ws, b.mul(c, kb))
+                weights = [vec.load(a["w"], b.add(wq, ir.Constant(I64, v * vec.lanes)))
+                           for v in range(vectors)]  # fmt: skip
+                for p in range(pixels):
+                    xi = b.add(b.add(xs, b.mul(ir.Constant(I64, p), a["xstep"])), c)
+                    value = vec.splat(b.load(b.gep(a["x"], [xi])))
+                    for v in range(vectors):
+                        acc = b.load(accs[p][v])
+                        b.store(vec.call("llvm.fma", value, weights[v], acc), accs[p][v])
+
+
+def _store(vec: _Vectors, pixels: int, vectors: int, a, accs) -> None:
+    """Bias, activation and the (masked) stores of the tile."""
+    b = vec.builder
+    bias = [vec.load(a["bias"], b.add(a["k0"], ir.Constant(I64, v * vec.lanes)))
+            for v in range(vectors)]  # fmt: skip
+    lo, hi, slope = (vec.splat(a[name]) for name in ("lo", "hi", "slope"))
+    for p in range(pixels):
+        base = b.add(b.add(a["ob"], b.mul(ir.Constant(I64, p), a["ostep"])), a["k0"])
+        for v in range(vectors):
+            y = b.fadd(b.load(accs[p][v]), bias[v])
+            clamped = vec.call("llvm.minnum", vec.call("llvm.maxnum", y, lo), hi)
+            result = b.fadd(clamped, b.fmul(slope, vec.call("llvm.minnum", y, vec.zero)))
+            count = b.sub(a["nk"], ir.Constant(I64, v * vec.lanes))
+            vec.store(result, a["out"], b.add(base, ir.Constant(I64, v * vec.lanes)), count)
+
+
+NAMES = ("x", "xb", "xstep", "rstride", "sstride", "R", "S", "C", "w", "wb", "bias", "k0", "nk",
+         "out", "ob", "ostep", "lo", "hi", "slope")  # fmt: skip
+
+
+def make_conv_tile(pixels: int, vectors: int, lanes: int):
+    """The intrinsic documented at ``engine.conv.simd.conv_tile``."""
+
+    def codegen(context, builder, signature, args):
+        values = dict(zip(NAMES, args))
+        for index in ARRAYS:
+            array = context.make_array(signature.args[index])(context, builder, args[index])
+            values[NAMES[index]] = array.data
+        vec = _Vectors(builder, lanes)
+        accs = [[cgutils.alloca_once_value(builder, vec.zero) for _ in range(vectors)]
+                for _ in range(pixels)]  # fmt: skip
+        _accumulate(vec, pixels, vectors, values, accs)
+        _store(vec, pixels, vectors, values, accs)
+        return context.get_dummy_value()
+
+    def typer(typingctx, x, xb, xstep, rstride, sstride, R, S, C, w, wb, bias, k0, nk, out, ob,
+              ostep, lo, hi, slope):  # fmt: skip
+        # numba passes each argument's type by name (NAMES); a *args signature is not accepted
+        args = (x, xb, xstep, rstride, sstride, R, S, C, w, wb, bias, k0, nk, out, ob, ostep,
+                lo, hi, slope)  # fmt: skip
+        return types.void(*args), codegen
+
+    typer.__name__ = f"conv_tile_p{pixels}_v{vectors}"
+    return intrinsic(typer)
