@@ -159,10 +159,17 @@ def first_over(layers: list[LayerDifference], tolerance: float) -> LayerDifferen
 def layer_differences(model, reference, x: np.ndarray) -> list[LayerDifference]:
     """Each step of ``model``'s plan for ``x`` run on the reference's inputs to that step, its
     outputs compared with the reference's (both plans come from the same graph and passes, so
-    value names and layouts match; a value whose layout differs is not substituted)."""
-    kept = record_values(reference, x)
+    value names and layouts match; a value whose layout differs is not substituted). A plan
+    that runs the batch as slices (engine.split) is checked slice by slice."""
     plan = staged_plan(model, x)
-    backend, found = model.backend, []
+    found = []
+    for lane, (a, b) in zip(plan.lanes(), plan.ranges):
+        found += _lane_differences(model.backend, lane, record_values(reference, x[a:b]))
+    return found
+
+
+def _lane_differences(backend, plan, kept: dict) -> list[LayerDifference]:
+    found = []
 
     def run_step(step, ins):
         ins = [

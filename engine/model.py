@@ -15,6 +15,8 @@ from engine.graph import Graph
 from engine.onnx import load_graph
 from engine.passes import optimize
 from engine.plan import Arena, Plan
+from engine.split import NotSplittableError, SplitPlan
+from engine.threads import cpu_cores
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_SPATIAL = 224
@@ -51,9 +53,14 @@ class Model:
         self._extra_plans: list[tuple] = []  # keys of plans made after load, oldest first
         for bucket in self.batch_sizes:
             self._plan((bucket, *self.input_shape), bind=False)
-        self.arena = Arena(backend, list(self.plans.values()))
-        for plan in self.plans.values():
-            plan.bind(self.arena)
+        # lane i of every plan shares arena i: buckets run one at a time, a split plan's lanes
+        # at once (engine.split)
+        lanes = [plan.lanes() for plan in self.plans.values()]
+        self.arenas = [Arena(backend, [ls[i] for ls in lanes if i < len(ls)])
+                       for i in range(max(map(len, lanes)))]  # fmt: skip
+        for plan_lanes in lanes:
+            for lane, arena in zip(plan_lanes, self.arenas):
+                lane.bind(arena)
         self.output_shape = tuple(self.plans[(self.batch_sizes[0], *self.input_shape)]
                                   .values[self.graph.outputs[0].name].shape[1:])  # fmt: skip
         tuner.save()
@@ -84,11 +91,44 @@ class Model:
             self._add_plan(shape, shapes, bind)
         return self.plans[shape]
 
+    @property
+    def arena(self) -> Arena:
+        return self.arenas[0]
+
+    def _lanes_for(self, shapes: dict) -> int:
+        """How many batch slices a plan for ``shapes`` runs as (engine.split): one per core on
+        the CPU when the engine does the threading and the batch has an image per core."""
+        if self.backend.device != "cpu" or len(shapes) != 1:
+            return 1
+        if getattr(self.backend, "cpu_threading", None) != "engine":
+            return 1
+        (shape,) = shapes.values()
+        return min(cpu_cores(), shape[0]) if len(shape) == 4 and self._batch_first() else 1
+
+    def _batch_first(self) -> bool:
+        """Whether the ONNX file declares a free batch dimension on its input and every output
+        (a fixed one, e.g. Flatten(axis=0)'s, may mix the images: such a graph is not split)."""
+        declared = [self.graph.inputs[0], *self.graph.outputs]
+        return all(info.shape and info.shape[0] is None for info in declared)
+
+    def _new_plan(self, shapes: dict):
+        lanes = self._lanes_for(shapes)
+        if lanes >= 2:
+            try:
+                return SplitPlan(self.graph, self.backend, shapes, self.tuner, self.constants,
+                                 lanes)  # fmt: skip
+            except NotSplittableError:
+                pass
+        return Plan(self.graph, self.backend, shapes, self.tuner, self.constants)
+
     def _add_plan(self, key, shapes: dict, bind: bool = True) -> Plan:
-        """Plan for new shapes; lay it on the shared arena when it fits, else on its own."""
-        plan = Plan(self.graph, self.backend, shapes, self.tuner, self.constants)
+        """Plan for new shapes; lay each lane on its shared arena when it fits, else its own."""
+        plan = self._new_plan(shapes)
         if bind:
-            plan.bind(self.arena if self.arena.fits(plan) else Arena(self.backend, [plan]))
+            for index, lane in enumerate(plan.lanes()):
+                shared = self.arenas[index] if index < len(self.arenas) else None
+                fits = shared is not None and shared.fits(lane)
+                lane.bind(shared if fits else Arena(self.backend, [lane]))
             self._extra_plans.append(key)
             if len(self._extra_plans) > MAX_EXTRA_PLANS:  # bound memory for unplanned shapes
                 del self.plans[self._extra_plans.pop(0)]

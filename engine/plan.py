@@ -38,8 +38,11 @@ _NONE = _Value((), np.dtype(np.float32))
 class Plan:
     """The graph specialised to ``input_shapes``; ``execute`` runs it without allocating."""
 
-    def __init__(self, graph: Graph, backend, input_shapes: dict[str, tuple], tuner, constants):
+    def __init__(
+        self, graph: Graph, backend, input_shapes: dict[str, tuple], tuner, constants, threads=0
+    ):
         self.graph, self.backend, self.tuner = graph, backend, tuner
+        self.threads = threads  # CPU threads each op may use; 0: every core (ConvSpec.threads)
         self.constants = constants  # name -> device array, shared by all plans of a model
         self.values: dict[str, _Value] = {}
         self.steps: list[Step] = []
@@ -66,7 +69,7 @@ class Plan:
         ]
         return OpContext(node, self.graph.opset, self.backend, [v.shape for v in values],
                          [v.dtype for v in values], [v.layout for v in values], consts,
-                         self.tuner)  # fmt: skip
+                         self.tuner, self.threads)  # fmt: skip
 
     def _add_node(self, node) -> None:
         cls = REGISTRY[node.op]
@@ -157,6 +160,21 @@ class Plan:
     @staticmethod
     def _view(slot, value: _Value):
         return slot[: nbytes(value)].view(value.dtype).reshape(shape_of(value))
+
+    def lanes(self) -> list[Plan]:
+        """The plans that run at once, one per arena (see SplitPlan): just this one."""
+        return [self]
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        """The batch range each of ``lanes()`` runs: the whole of the first input's batch."""
+        first = self.inputs[self.graph.inputs[0].name]
+        return [(0, first.shape[0] if first.ndim else 1)]
+
+    def use_inputs(self, arrays: dict) -> None:
+        """Read the graph inputs from ``arrays`` (e.g. views of a larger staging buffer)."""
+        self.inputs.update(arrays)
+        self._env.update(arrays)
 
     # running --------------------------------------------------------------------------------
     def execute(self, run_step=None) -> list:

@@ -98,10 +98,10 @@ def memory_bytes(model: Any) -> dict[str, int]:
     """What the model holds on its device: its weights (as the engine keeps them) and the
     activation buffers and scratch workspace its batch buckets share."""
     constants = getattr(model, "constants", None) or {}
-    arena = getattr(model, "arena", None)
+    arenas = getattr(model, "arenas", None) or []  # one per batch slice run at once
     return {
         "weights_bytes": sum(int(getattr(c, "nbytes", 0)) for c in constants.values()),
-        "workspace_bytes": int(arena.nbytes) if arena is not None else 0,
+        "workspace_bytes": sum(int(arena.nbytes) for arena in arenas),
     }
 
 

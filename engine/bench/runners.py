@@ -128,8 +128,8 @@ def torch_eager(model):
 def conv_flops_per_image(model) -> int:
     """Multiply-adds x 2 of every conv layer for one image (from the planned specs)."""
     plan = next(iter(model.plans.values()))
-    n = next(iter(model.plans))[0]
-    return sum(step.op.spec.flops() for step in plan.conv_steps()) // n
+    per_layer = {s.op.ctx.node.name: s.op.spec.flops() // s.op.spec.n for s in plan.conv_steps()}
+    return sum(per_layer.values())
 
 
 def profile(model, x) -> dict[str, float]:

@@ -20,7 +20,7 @@ from engine.conv.base import ConvAlgorithm
 from engine.conv.microkernel import conv_source, epilogue_bounds
 from engine.conv.simd import tile_shape, vector_shape
 from engine.conv.spec import ConvSpec, Epilogue
-from engine.threads import cpu_cores, run_in_threads
+from engine.threads import run_in_threads
 
 
 def conv_kernel(pixels: int, vectors: int):
@@ -39,7 +39,7 @@ def blocked_weights(weight: np.ndarray, kb: int) -> np.ndarray:
 
 def split_work(spec: ConvSpec) -> list[tuple[int, int, int, int]]:
     """(n0, n1, oh0, oh1) per core: images when there are enough, else bands of rows."""
-    cores = cpu_cores()
+    cores = spec.cores
     if spec.n >= cores:
         bounds = [spec.n * i // cores for i in range(cores + 1)]
         return [(a, b, 0, spec.out_h) for a, b in zip(bounds[:-1], bounds[1:])]

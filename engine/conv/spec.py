@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from engine.threads import cpu_cores
+
 ACTIVATIONS = (
     "none",
     "relu",
@@ -60,6 +62,14 @@ class ConvSpec:
     layout: str = "NHWC"
     epilogue: Epilogue = Epilogue()
     math: str = "fp32"
+    #: CPU threads the conv may use: 0 for every core (``cpu_cores()``), 1 inside a plan that
+    #: runs one slice of the batch per core (``engine.plan.SplitPlan``)
+    threads: int = 0
+
+    @property
+    def cores(self) -> int:
+        """Threads this conv splits its work across."""
+        return self.threads or cpu_cores()
 
     @property
     def out_h(self) -> int:
@@ -105,5 +115,5 @@ class ConvSpec:
             f"n{self.n}_c{self.c}_h{self.h}_w{self.w}_k{self.k}_r{self.r}_s{self.s}"
             f"_p{'.'.join(map(str, self.pads))}_st{'.'.join(map(str, self.strides))}"
             f"_d{'.'.join(map(str, self.dilations))}_g{self.groups}_{self.dtype}_{self.layout}"
-            f"_{self.epilogue.key()}_{self.math}"
+            f"_{self.epilogue.key()}_{self.math}" + (f"_t{self.threads}" if self.threads else "")
         )

@@ -18,7 +18,7 @@ from engine.conv.winograd import Winograd3x3, ceil_div, filter_tiles
 from engine.conv.winograd_f2x2_3x3 import WinogradF2x2
 from engine.conv.winograd_f4x4_3x3 import WinogradF4x4
 from engine.conv.winograd_source import winograd_source
-from engine.threads import cpu_cores, run_in_threads
+from engine.threads import run_in_threads
 
 
 def winograd_kernel(base: type[Winograd3x3], pixels: int, vectors: int):
@@ -61,7 +61,7 @@ class WinogradCompiled(ConvAlgorithm):
         batch has one per core (each thread then pads its own images)."""
         th, tw = cls.tiles(spec)
         per_image = th * tw
-        cores = cpu_cores()
+        cores = spec.cores
         if spec.n >= cores:
             bounds = [spec.n * i // cores * per_image for i in range(cores + 1)]
         else:
@@ -118,12 +118,12 @@ class WinogradCompiled(ConvAlgorithm):
         padded = workspace[: int(np.prod(shape))].reshape(shape)
         scratch = self.scratch_elems(spec)
         rest = workspace[padded.size :]
-        if spec.n < cpu_cores():  # threads share images: pad them all first
+        if spec.n < spec.cores:  # threads share images: pad them all first
             pad_into(padded, x, self._pads())
         calls = [(x, padded, out, g, rest[i * scratch : (i + 1) * scratch])
                  for i, g in enumerate(self.geometry)]  # fmt: skip
         run_in_threads(self._part, calls)
-        if self.after and spec.n < cpu_cores():  # (whole images: each thread did its own)
+        if self.after and spec.n < spec.cores:  # (whole images: each thread did its own)
             self._activate(out)
 
     def _activate(self, out) -> None:
@@ -140,7 +140,7 @@ class WinogradCompiled(ConvAlgorithm):
         spec = self.spec
         th, tw = self.tiles(spec)
         n0, n1 = geometry[8] // (th * tw), geometry[9] // (th * tw)
-        whole_images = spec.n >= cpu_cores()
+        whole_images = spec.n >= spec.cores
         if whole_images:
             pad_into(padded[n0:n1], x[n0:n1], self._pads())
         v = scratch[: self.positions() * self.chunk(spec) * spec.c]

@@ -56,6 +56,7 @@ class OpContext:
     in_layouts: list[str]
     constants: list[np.ndarray | None]  # host value of each input that is a constant
     tuner: object = None
+    threads: int = 0  # CPU threads an op may use (ConvSpec.threads)
 
     @property
     def xp(self):

@@ -79,4 +79,5 @@ def conv_spec(ctx) -> ConvSpec:
     strides, dilations = spatial_params(node, (r, s))
     pads = resolve_pads(node, (h, width), (r, s), strides, dilations)
     epilogue = node.attrs.get(Conv.EPILOGUE_ATTR) or Epilogue()
-    return ConvSpec(n, c, h, width, k, r, s, pads, strides, dilations, groups, epilogue=epilogue)
+    return ConvSpec(n, c, h, width, k, r, s, pads, strides, dilations, groups, epilogue=epilogue,
+                    threads=ctx.threads)  # fmt: skip

@@ -29,7 +29,7 @@ def break_conv(model, layer: str, shift: float = 0.5, buckets=None) -> None:
     for key, plan in model.plans.items():
         if buckets is not None and key[0] not in buckets:
             continue
-        for step in plan.conv_steps():
+        for step in (s for lane in plan.lanes() for s in lane.conv_steps()):
             if step.op.ctx.node.name == layer:
                 step.op.algorithm = OffByError(step.op.algorithm, shift)
                 found = True

@@ -192,8 +192,8 @@ def test_cpu_threading_decides_blas_threads_inside_a_pass(cnn, monkeypatch, cpu_
 
 def test_a_cache_tuned_under_one_cpu_threading_is_not_used_under_the_other(cnn, tmp_path):
     cache = tmp_path / "tune.json"
-    load_model(cnn, batch_sizes=(2,), autotune_cache=cache, cpu_threading="blas")
-    other = load_model(cnn, batch_sizes=(2,), autotune_cache=cache, cpu_threading="engine")
+    load_model(cnn, batch_sizes=(1,), autotune_cache=cache, cpu_threading="blas")
+    other = load_model(cnn, batch_sizes=(1,), autotune_cache=cache, cpu_threading="engine")
     assert other.info()["autotune"]["cache_status"] == "foreign"
     assert other.info()["autotune"]["hits"] == 0
 
