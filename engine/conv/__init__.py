@@ -9,7 +9,7 @@ from engine.conv.im2col_gemm import Im2colGemm
 from engine.conv.im2col_gemm_chunked import Im2colGemmChunked
 from engine.conv.im2col_gemm_tf32 import Im2colGemmTF32
 from engine.conv.implicit_gemm import ImplicitGemm
-from engine.conv.parallel import Im2colGemmBands, parallel_variant
+from engine.conv.parallel import Im2colGemmBands, one_thread_variant, parallel_variant
 from engine.conv.spec import ConvSpec, Epilogue
 from engine.conv.winograd_compiled import WinogradF2x2Compiled, WinogradF4x4Compiled
 from engine.conv.winograd_f2x2_3x3 import WinogradF2x2
@@ -21,9 +21,11 @@ _BASE = (Im2colGemm, Gemm1x1, Im2colGemmChunked, WinogradF2x2, WinogradF4x4, Dep
 _PARALLEL = tuple(parallel_variant(algo) for algo in _BASE)
 #: numba-compiled, threaded by themselves (not applicable where numba is missing)
 _COMPILED = (ImplicitGemm, WinogradF2x2Compiled, WinogradF4x4Compiled)
+_ONE_THREAD = tuple(one_thread_variant(algo) for algo in _COMPILED)
 
 ALGORITHMS: dict[str, type[ConvAlgorithm]] = {
-    algo.name: algo for algo in (*_BASE, Im2colGemmTF32, *_PARALLEL, Im2colGemmBands, *_COMPILED)
+    algo.name: algo
+    for algo in (*_BASE, Im2colGemmTF32, *_PARALLEL, Im2colGemmBands, *_COMPILED, *_ONE_THREAD)
 }
 
 

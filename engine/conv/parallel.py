@@ -10,30 +10,31 @@ GIL, so the threads overlap. CPU only: CuPy work is already parallel on the devi
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 from engine.conv.base import ConvAlgorithm, gemm_weights
 from engine.conv.im2col_gemm import Im2colGemm, im2col_then_gemm
 from engine.conv.im2col_gemm_chunked import Chunk, band_chunk
 from engine.conv.spec import ConvSpec
-from engine.threads import blas_libraries, cpu_cores, run_in_threads
+from engine.threads import blas_libraries, run_in_threads
 
 
 class BatchParallel(ConvAlgorithm):
-    """``base`` on ``cpu_cores()`` slices of the batch at once; subclasses set ``base``."""
+    """``base`` on ``spec.cores`` slices of the batch at once; subclasses set ``base``."""
 
     base: ClassVar[type[ConvAlgorithm]]
     devices = ("cpu",)
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:
-        threads_help = cpu_cores() >= 2 and bool(blas_libraries())
+        threads_help = spec.cores >= 2 and bool(blas_libraries())
         return spec.n >= 2 and threads_help and cls.base.applicable(spec)
 
     @classmethod
     def slices(cls, spec: ConvSpec) -> list[tuple[int, int]]:
         """Near-equal [n0, n1) ranges of the batch, one per core."""
-        parts = min(cpu_cores(), spec.n)
+        parts = min(spec.cores, spec.n)
         bounds = [spec.n * i // parts for i in range(parts + 1)]
         return list(zip(bounds[:-1], bounds[1:]))
 
@@ -81,15 +82,15 @@ class Im2colGemmBands(ConvAlgorithm):
 
     @classmethod
     def bands(cls, spec: ConvSpec) -> list[Chunk]:
-        parts = min(cpu_cores(), spec.out_h)
+        parts = min(spec.cores, spec.out_h)
         bounds = [spec.out_h * i // parts for i in range(parts + 1)]
         return [band_chunk(spec, n, oh0, oh1) for n in range(spec.n)
                 for oh0, oh1 in zip(bounds[:-1], bounds[1:])]  # fmt: skip
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:
-        threads_help = cpu_cores() >= 2 and bool(blas_libraries())
-        return threads_help and spec.n < cpu_cores() and spec.out_h >= 2
+        threads_help = spec.cores >= 2 and bool(blas_libraries())
+        return threads_help and spec.n < spec.cores and spec.out_h >= 2
 
     @classmethod
     def workspace_elems(cls, spec: ConvSpec) -> int:
@@ -115,3 +116,43 @@ class Im2colGemmBands(ConvAlgorithm):
     def __call__(self, x, out, workspace) -> None:
         calls = [(band, x, out, workspace[o : o + elems]) for band, o, elems in self.parts]
         run_in_threads(self._band, calls)
+
+
+def _one_thread(spec: ConvSpec) -> ConvSpec:
+    return dataclasses.replace(spec, threads=1)
+
+
+class OnThisThread(ConvAlgorithm):
+    """``base``, which splits an image's rows across the cores, run on the calling thread only:
+    at batch 1 a thread hand-off (0.1-0.2 ms measured here) can cost more than a small layer
+    gains from a second core; the tuner times both. Subclasses set ``base``."""
+
+    base: ClassVar[type[ConvAlgorithm]]
+    devices = ("cpu",)
+
+    @classmethod
+    def applicable(cls, spec: ConvSpec) -> bool:
+        return spec.n < spec.cores and cls.base.applicable(_one_thread(spec))
+
+    @classmethod
+    def workspace_elems(cls, spec: ConvSpec) -> int:
+        return cls.base.workspace_elems(_one_thread(spec))
+
+    def __init__(self, spec, weight, bias, backend):
+        super().__init__(spec, weight, bias, backend)
+        self.inner = self.base(_one_thread(spec), weight, bias, backend)
+
+    def __call__(self, x, out, workspace) -> None:
+        self.inner(x, out, workspace)
+
+
+def one_thread_variant(base: type[ConvAlgorithm]) -> type[OnThisThread]:
+    """``base`` on the calling thread only, named ``<base>_1t``."""
+    attrs = {
+        "base": base,
+        "name": f"{base.name}_1t",
+        "math": base.math,
+        "tolerance": base.tolerance,
+        "__doc__": f"{base.name} on the calling thread only.",
+    }
+    return type(f"{base.__name__}OneThread", (OnThisThread,), attrs)
