@@ -48,6 +48,15 @@ NUMBA_ENV = {
     "NUMBA_THREADING_LAYER": "workqueue",
 }
 CACHE_ENV = "GEMMSERVE_KERNEL_CACHE"
+#: the first lines of every generated kernel module: numba and the kernels' compile options
+MODULE_HEADER = f"""\
+import numba
+import numpy as np
+
+U = np.uint64
+FASTMATH = set({sorted(FASTMATH)!r})
+JIT = dict(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy", boundscheck=False)
+"""
 
 
 class CompilerUnavailableError(RuntimeError):

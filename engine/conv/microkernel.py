@@ -17,11 +17,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from engine.jit import FASTMATH
+from engine.jit import MODULE_HEADER
 
 #: the register tile's code generator, by content (see the module docstring)
 GENERATOR = hashlib.sha256(
-    b"".join(Path(__file__).with_name(name).read_bytes() for name in ("simd.py", "simd_codegen.py"))
+    b"".join(
+        Path(__file__).with_name(name).read_bytes()
+        for name in ("simd.py", "simd_codegen.py", "winograd_codegen.py")
+    )
 ).hexdigest()[:16]
 
 #: int64 parameter vector of a call (``geometry``): names in order
@@ -39,14 +42,8 @@ FLOAT32_MAX = 3.4028234e38
 
 HEADER = f"""\
 # register tile generator {GENERATOR}
-import numba
-import numpy as np
-
+{MODULE_HEADER}
 from engine.conv import simd
-
-U = np.uint64
-FASTMATH = set({sorted(FASTMATH)!r})
-JIT = dict(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy", boundscheck=False)
 """
 
 

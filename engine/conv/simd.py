@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from engine import jit
 
 #: the tile's widest block of output channels, in vectors
@@ -59,3 +61,25 @@ def conv_tile(pixels: int, vectors: int):
 
     lanes, _ = vector_shape()
     return make_conv_tile(pixels, vectors, lanes)
+
+
+def _matrix(rows: tuple) -> np.ndarray:
+    return np.array(rows, dtype=np.float64)
+
+
+@functools.cache
+def winograd_input_tile(bt: tuple):
+    """The intrinsic applying the input transform ``bt`` (rows of B^T) to one tile and one
+    vector of channels (``engine.conv.winograd_codegen.input_tile``)."""
+    from engine.conv.winograd_codegen import input_tile
+
+    return input_tile(_matrix(bt), vector_shape()[0])
+
+
+@functools.cache
+def winograd_output_tile(at: tuple):
+    """The intrinsic applying the output transform ``at`` (rows of A^T), bias and activation
+    to one tile and one vector of channels (``winograd_codegen.output_tile``)."""
+    from engine.conv.winograd_codegen import output_tile
+
+    return output_tile(_matrix(at), vector_shape()[0])

@@ -17,7 +17,6 @@ from engine.backends import NumpyBackend
 from engine.conv import ALGORITHMS, Epilogue, candidates, simd
 from engine.conv.implicit_gemm import conv_kernel
 from engine.conv.winograd_compiled import WinogradCompiled
-from engine.conv.winograd_source import linear
 from tests.engine.conv_cases import (
     EPILOGUES,
     make_problem,
@@ -80,11 +79,6 @@ def test_winograd_chunks_smaller_than_a_thread_share(monkeypatch, name):
     x, weight, bias = make_problem(spec, seed=3)
     y = run_algorithm(name, spec, x, weight, bias, BACKEND)
     assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
-
-
-def test_transform_sums_written_out():
-    assert linear([1, 0, -1, 0], ["a", "b", "c", "d"]) == "a - c"
-    assert linear([0, -4, 0.5], ["a", "b", "c"]) == "-np.float32(4.0) * b + np.float32(0.5) * c"
 
 
 def test_tiles_fit_the_vector_registers():

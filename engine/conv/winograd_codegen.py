@@ -1,0 +1,155 @@
+"""LLVM IR of the compiled Winograd transforms, one vector of channels at a time (intrinsics).
+
+``input_tile(bt, lanes)``: V = B^T d B for one input tile and one vector of channels;
+``output_tile(at, lanes)``: Y = A^T M A + bias, activated, for one output tile and one vector of
+output channels. The transform matrices are compile-time constants: each sum is written out
+(zero terms dropped, +-1 as plain adds), on whole vectors. Loads and stores are masked by the
+channels left (``count``), so a channel remainder needs no second code path; on AVX-512 a masked
+load or store costs what a plain one does.
+
+Written as scalar Python for numba's SLP vectoriser, the same transforms compiled for minutes
+(F(4x4)'s 36-value blocks) and stayed partly scalar.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from engine.conv.simd_codegen import I32, I64, _Vectors
+
+
+class _Masked(_Vectors):
+    """Vector loads and stores of the first ``count`` lanes."""
+
+    def __init__(self, builder, lanes: int, count):
+        super().__init__(builder, lanes)
+        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        self.mask = builder.icmp_signed("<", lane, self.splat(count))
+
+    def _fn(self, name: str, ret, args):
+        suffix = f"v{self.lanes}f32.p0v{self.lanes}f32"
+        fnty = ir.FunctionType(ret, args)
+        return cgutils.get_or_insert_function(self.builder.module, fnty, f"{name}.{suffix}")
+
+    def mload(self, base, index):
+        ptr = self.pointer(base, index)
+        fn = self._fn("llvm.masked.load", self.type, [ptr.type, I32, self.mask.type, self.type])
+        return self.builder.call(fn, [ptr, ir.Constant(I32, 4), self.mask, self.zero])
+
+    def mstore(self, value, base, index):
+        ptr = self.pointer(base, index)
+        args = [self.type, ptr.type, I32, self.mask.type]
+        fn = self._fn("llvm.masked.store", ir.VoidType(), args)
+        self.builder.call(fn, [value, ptr, ir.Constant(I32, 4), self.mask])
+
+    def combine(self, coefficients, values):
+        """sum(c * v) with constant coefficients: zeros dropped, +-1 as adds/subtracts."""
+        b, total = self.builder, None
+        for c, value in zip(coefficients, values):
+            c = float(c)
+            if c == 0:
+                continue
+            term = (
+                value
+                if abs(c) == 1
+                else b.fmul(value, ir.Constant(self.type, [abs(c)] * self.lanes))
+            )
+            if total is None:
+                total = term if c > 0 else b.fneg(term)
+            else:
+                total = b.fadd(total, term) if c > 0 else b.fsub(total, term)
+        return total if total is not None else self.zero
+
+    def two_sided(self, matrix: np.ndarray, d: list[list]) -> list[list]:
+        """matrix . d . matrix^T on a square grid of vectors."""
+        rows, cols = matrix.shape
+        left = [[self.combine(matrix[i], [d[k][j] for k in range(cols)]) for j in range(cols)]
+                for i in range(rows)]  # fmt: skip
+        return [[self.combine(matrix[j], left[i]) for j in range(rows)] for i in range(rows)]
+
+
+def _arrays(context, builder, signature, args, positions):
+    values = list(args)
+    for index in positions:
+        values[index] = context.make_array(signature.args[index])(
+            context, builder, args[index]
+        ).data
+    return values
+
+
+def input_tile(bt: np.ndarray, lanes: int):
+    """Intrinsic ``(xp, base, row, C, v, vbase, vstride, c, count)``: tile value (i, j) of
+    channels c.. is ``xp[base + i*row + j*C + c ...]``; (B^T d B)[i][j] goes to
+    ``v[vbase + (i*a + j)*vstride + c ...]``."""
+    a = bt.shape[0]
+
+    def codegen(context, builder, signature, args):
+        xp, base, row, C, v, vbase, vstride, c, count = _arrays(
+            context, builder, signature, args, (0, 4)
+        )
+        vec = _Masked(builder, lanes, count)
+        start = builder.add(base, c)
+        d = [[vec.mload(xp, builder.add(start, builder.add(builder.mul(ir.Constant(I64, i), row),
+                                                           builder.mul(ir.Constant(I64, j), C))))
+              for j in range(a)] for i in range(a)]  # fmt: skip
+        e = vec.two_sided(bt, d)
+        out = builder.add(vbase, c)
+        for i in range(a):
+            for j in range(a):
+                index = builder.add(out, builder.mul(ir.Constant(I64, i * a + j), vstride))
+                vec.mstore(e[i][j], v, index)
+        return context.get_dummy_value()
+
+    def typer(typingctx, xp, base, row, C, v, vbase, vstride, c, count):
+        return types.void(xp, base, row, C, v, vbase, vstride, c, count), codegen
+
+    typer.__name__ = f"winograd_input_tile_a{a}"
+    return intrinsic(typer)
+
+
+def output_tile(at: np.ndarray, lanes: int):
+    """Intrinsic ``(m, mbase, mstride, bias, k, count, out, obase, row, K, rows, cols, lo, hi,
+    slope)``: product (i, j) of channels k.. is ``m[mbase + (i*a + j)*mstride + k ...]``; output
+    pixel (i, j) < (rows, cols) of the tile goes to ``out[obase + i*row + j*K + k ...]`` as
+    ``min(max(y, lo), hi) + slope * min(y, 0)`` with y = (A^T M A)[i][j] + bias[k ...]."""
+    mm, a = at.shape
+
+    def codegen(context, builder, signature, args):
+        values = _arrays(context, builder, signature, args, (0, 3, 6))
+        m, mbase, mstride, bias, k, count, out, obase, row, K, rows, cols, lo, hi, slope = values
+        vec = _Masked(builder, lanes, count)
+        start = builder.add(mbase, k)
+        p = [[vec.mload(m, builder.add(start, builder.mul(ir.Constant(I64, i * a + j), mstride)))
+              for j in range(a)] for i in range(a)]  # fmt: skip
+        q = vec.two_sided(at, p)
+        b = vec.mload(bias, k)
+        low, high, slopes = vec.splat(lo), vec.splat(hi), vec.splat(slope)
+        for i in range(mm):
+            inside_row = builder.icmp_signed("<", ir.Constant(I64, i), rows)
+            for j in range(mm):
+                inside = builder.and_(
+                    inside_row, builder.icmp_signed("<", ir.Constant(I64, j), cols)
+                )
+                with builder.if_then(inside):
+                    y = builder.fadd(q[i][j], b)
+                    clamped = vec.call("llvm.minnum", vec.call("llvm.maxnum", y, low), high)
+                    result = builder.fadd(
+                        clamped, builder.fmul(slopes, vec.call("llvm.minnum", y, vec.zero))
+                    )
+                    offset = builder.add(
+                        builder.mul(ir.Constant(I64, i), row), builder.mul(ir.Constant(I64, j), K)
+                    )
+                    vec.mstore(result, out, builder.add(builder.add(obase, offset), k))
+        return context.get_dummy_value()
+
+    def typer(typingctx, m, mbase, mstride, bias, k, count, out, obase, row, K, rows, cols, lo,
+              hi, slope):  # fmt: skip
+        args = (m, mbase, mstride, bias, k, count, out, obase, row, K, rows, cols, lo, hi, slope)
+        return types.void(*args), codegen
+
+    typer.__name__ = f"winograd_output_tile_m{mm}"
+    return intrinsic(typer)
