@@ -61,6 +61,16 @@ class NumpyBackend(Backend):
     def compute_scope(self):
         return blas_scope(self.cpu_threading)
 
+    @property
+    def native_pool(self) -> bool:
+        """Pooling in one compiled pass (engine.backends.cpu_pool) where numba is installed."""
+        return jit.available()
+
+    def pool(self, x, out, kind, kernel, strides, dilations, pads, count_include_pad) -> None:
+        from engine.backends.cpu_pool import pool
+
+        pool(x, out, kind, kernel, strides, dilations, pads, count_include_pad)
+
     def fingerprint(self) -> dict:
         model, flags = _cpu_model_and_flags()
         return {

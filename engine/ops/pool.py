@@ -51,7 +51,8 @@ class _Pool(Op):
         self.full_pads = (top, left, bottom + extra[0], right + extra[1])
         self.padded_shape = None
         self.workspace = None  # bound by the planner: holds the padded input
-        self.native = ctx.backend.native_pool  # one device kernel, padding never copied
+        # one compiled kernel (float32 only), padding never copied
+        self.native = ctx.backend.native_pool and ctx.in_dtypes[0] == np.float32
         if any(self.full_pads) and not self.native:
             self.padded_shape = (n, h + top + bottom + extra[0], w + left + right + extra[1], c)
         self.set_output((n, c, *self.out_hw), ctx.in_dtypes[0], NHWC)

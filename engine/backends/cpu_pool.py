@@ -1,0 +1,75 @@
+"""MaxPool and AveragePool on NHWC float32 tensors, compiled with numba (the CPU's ``pool``).
+
+One pass over the output: each output pixel's channels are reduced over the window's taps that
+fall inside the image, so the padding is never copied (NumPy's version pads into a workspace and
+makes one pass per tap). The channel loop is contiguous and vectorised. Same contract as the
+CUDA ``pool_nhwc`` kernel (engine/kernels/pool.cu): pads are (top, left, bottom, right), ceil
+mode is already in the output's size, AveragePool divides by the taps inside the image, or
+inside the padded image with ``count_include_pad``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import jit
+
+#: int64 parameter vector of a call, in order
+PARAMS = ("KH", "KW", "SH", "SW", "DH", "DW", "TOP", "LEFT", "BOTTOM", "RIGHT", "AVERAGE",
+          "INCLUDE_PAD")  # fmt: skip
+
+SOURCE = (
+    jit.MODULE_HEADER
+    + f"""
+
+@numba.njit("void(float32[:, :, :, ::1], float32[:, :, :, ::1], int64[::1])", **JIT)
+def pool(x, out, geometry):
+    {", ".join(PARAMS)} = geometry
+    N, H, W, C = x.shape
+    OH, OW = out.shape[1], out.shape[2]
+    for n in range(N):
+        for oh in range(OH):
+            for ow in range(OW):
+                o = out[n, oh, ow]
+                taps = 0
+                for i in range(KH):
+                    h = oh * SH + i * DH - TOP
+                    if h < 0 or h >= H:
+                        continue
+                    for j in range(KW):
+                        w = ow * SW + j * DW - LEFT
+                        if w < 0 or w >= W:
+                            continue
+                        row = x[n, h, w]
+                        if taps == 0:
+                            o[:] = row
+                        elif AVERAGE:
+                            for c in range(C):
+                                o[c] += row[c]
+                        else:
+                            for c in range(C):
+                                o[c] = max(o[c], row[c])
+                        taps += 1
+                if taps == 0:  # a window wholly in the padding
+                    o[:] = 0
+                if AVERAGE:
+                    if INCLUDE_PAD:
+                        rows = 0
+                        for i in range(KH):
+                            rows += oh * SH + i * DH - TOP < H + BOTTOM
+                        cols = 0
+                        for j in range(KW):
+                            cols += ow * SW + j * DW - LEFT < W + RIGHT
+                        taps = rows * cols
+                    scale = np.float32(1.0) / np.float32(max(taps, 1))
+                    for c in range(C):
+                        o[c] *= scale
+"""
+)
+
+
+def pool(x, out, kind: str, kernel, strides, dilations, pads, count_include_pad: bool) -> None:
+    """``kind`` ("max" or "average") pooling of NHWC ``x`` into ``out`` (N, OH, OW, C)."""
+    geometry = np.array([*kernel, *strides, *dilations, *pads, kind != "max",
+                         bool(count_include_pad)], np.int64)  # fmt: skip
+    jit.load_source("pool_nhwc", SOURCE).pool(np.ascontiguousarray(x), out, geometry)
