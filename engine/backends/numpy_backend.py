@@ -66,6 +66,16 @@ class NumpyBackend(Backend):
         """Pooling in one compiled pass (engine.backends.cpu_pool) where numba is installed."""
         return jit.available()
 
+    @property
+    def native_depthwise(self) -> bool:
+        """Depthwise convs in one compiled pass (engine.backends.cpu_depthwise) likewise."""
+        return jit.available()
+
+    def depthwise(self, x, taps, bias, out, spec) -> None:
+        from engine.backends.cpu_depthwise import depthwise
+
+        depthwise(x, taps, bias, out, spec)
+
     def pool(self, x, out, kind, kernel, strides, dilations, pads, count_include_pad) -> None:
         from engine.backends.cpu_pool import pool
 
