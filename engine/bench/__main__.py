@@ -77,11 +77,10 @@ def machine() -> str:
             + ", ".join(versions))  # fmt: skip
 
 
-def measure_batch(path: Path, model_proto, batch: int, args, cache: str) -> dict:
+def measure_batch(path: Path, model_proto, chw, batch: int, args, cache: str) -> dict:
     """Every runner on one net and batch size; returns images/s, profiles and the tuned model."""
     from engine import load_model
 
-    chw = NETS[model_proto.graph.name][1]
     x = np.random.default_rng(batch).standard_normal((batch, *chw), dtype=np.float32)
     threading = {"cpu_threading": args.cpu_threading}
     tuned = load_model(path, args.device, (batch,), autotune_cache=cache, **threading)
@@ -155,10 +154,10 @@ def main(argv=None) -> int:
         path = workdir / f"{net}.onnx"
         path.write_bytes(proto.SerializeToString())
         batches = args.batch_sizes
-        if args.quick and net == "resnet18":
+        if args.quick and net.startswith("resnet18"):
             batches = tuple(b for b in batches if b in QUICK_RESNET_BATCHES) or (1,)
         for batch in batches:
-            row = measure_batch(path, proto, batch, args, cache)
+            row = measure_batch(path, proto, NETS[net][1], batch, args, cache)
             rows.append((net, row))
             errors = {k: f"{v:.1e}" for k, v in row.items() if k.endswith("error")}
             print(f"{net} batch {batch}: tuned in {row['tuning_s']:.1f} s; vs onnxruntime {errors}",

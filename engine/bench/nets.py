@@ -43,6 +43,20 @@ class NetBuilder:
     def conv_bn_relu(self, x: str, c: int, k: int, kernel: int = 3, stride: int = 1) -> str:
         return self.node("Relu", [self.conv_bn(x, c, k, kernel, stride)])
 
+    def relu6(self, x: str) -> str:
+        return self.node(
+            "Clip", [x, self.const(np.float32(0), "lo"), self.const(np.float32(6), "hi")]
+        )
+
+    def depthwise_bn(self, x: str, c: int, stride: int) -> str:
+        """3x3 depthwise conv (group = channels) + BatchNormalization with random statistics."""
+        w = self.rng.standard_normal((c, 1, 3, 3)) * np.sqrt(2 / 9)
+        y = self.node("Conv", [x, self.const(w)], kernel_shape=[3, 3], strides=[stride, stride],
+                      pads=[1] * 4, group=c)  # fmt: skip
+        stats = [1 + 0.1 * self.rng.standard_normal(c), 0.1 * self.rng.standard_normal(c),
+                 0.1 * self.rng.standard_normal(c), 1 + 0.1 * self.rng.random(c)]  # fmt: skip
+        return self.node("BatchNormalization", [y, *(self.const(s, "bn") for s in stats)])
+
     def head(self, x: str, c: int, classes: int) -> str:
         """Global average pool, flatten, linear."""
         flat = self.node("Flatten", [self.node("GlobalAveragePool", [x])])
@@ -89,7 +103,40 @@ def resnet18(seed: int = 0, size: int = 224) -> onnx.ModelProto:
         x = basic_block(b, x, c, k, stride)
         x = basic_block(b, x, k, k, 1)
         c = k
-    return b.model("resnet18", "input", b.head(x, 512, 1000), (3, size, size), 1000)
+    name = "resnet18" if size == 224 else f"resnet18_{size}"  # the NETS key
+    return b.model(name, "input", b.head(x, 512, 1000), (3, size, size), 1000)
 
 
-NETS = {"cifar": (cifar_net, (3, 32, 32)), "resnet18": (resnet18, (3, 224, 224))}
+def inverted_residual(b: NetBuilder, x: str, c: int, k: int, stride: int, expand: int) -> str:
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 projection (ReLU6 between), with
+    the identity shortcut when the shape is kept."""
+    hidden = c * expand
+    y = b.relu6(b.conv_bn(x, c, hidden, 1)) if expand != 1 else x
+    y = b.relu6(b.depthwise_bn(y, hidden, stride))
+    y = b.conv_bn(y, hidden, k, 1)
+    return b.node("Add", [y, x]) if stride == 1 and c == k else y
+
+
+def mobilenet(seed: int = 0, size: int = 128) -> onnx.ModelProto:
+    """A MobileNetV2-style net (Sandler et al. 2018) at width 0.5 on ``size`` x ``size``
+    inputs: stem, seven inverted-residual stages, 1x1 head, global pool, linear; random
+    weights."""
+    b = NetBuilder(seed)
+    x = b.relu6(b.conv_bn("input", 3, 16, 3, 2))
+    c = 16
+    stages = ((8, 1, 1, 1), (12, 2, 2, 6), (16, 3, 2, 6), (32, 4, 2, 6), (48, 3, 1, 6),
+              (80, 3, 2, 6), (160, 1, 1, 6))  # fmt: skip
+    for k, repeats, stride, expand in stages:
+        for index in range(repeats):
+            x = inverted_residual(b, x, c, k, stride if index == 0 else 1, expand)
+            c = k
+    x = b.relu6(b.conv_bn(x, c, 640, 1))
+    return b.model("mobilenet", "input", b.head(x, 640, 1000), (3, size, size), 1000)
+
+
+NETS = {
+    "cifar": (cifar_net, (3, 32, 32)),
+    "resnet18": (resnet18, (3, 224, 224)),
+    "resnet18_64": (lambda seed=0: resnet18(seed, size=64), (3, 64, 64)),
+    "mobilenet": (mobilenet, (3, 128, 128)),
+}
