@@ -10,6 +10,8 @@ kernel cannot apply (``epilogue_bounds`` is None) run afterwards on the whole ou
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from engine import jit
@@ -24,19 +26,17 @@ SOURCE = (
     jit.MODULE_HEADER
     + f"""
 
-@numba.njit("void(float32[:, :, :, ::1], float32[:, :, ::1], float32[::1],"
-            " float32[:, :, :, ::1], int64[::1], float32, float32, float32)", **JIT)
+@numba.njit("void(float32[::1], float32[::1], float32[::1], float32[::1], int64[::1], float32,"
+            " float32, float32)", **JIT)
 def depthwise(x, taps, bias, out, geometry, lo, hi, slope):
-    {", ".join(PARAMS)} = geometry
-    N, H, W, C = x.shape
-    OH, OW, K = out.shape[1], out.shape[2], out.shape[3]
-    R, S = taps.shape[0], taps.shape[1]
+    {", ".join(PARAMS)}, N, H, W, C, OH, OW, K, R, S = geometry
     acc = np.empty(K, np.float32)
     Z = np.float32(0.0)
     for n in range(N):
         for oh in range(OH):
             for ow in range(OW):
-                acc[:] = bias
+                for k in range(K):
+                    acc[U(k)] = bias[U(k)]
                 for i in range(R):
                     h = oh * SH + i * DH - TOP
                     if h < 0 or h >= H:
@@ -45,18 +45,18 @@ def depthwise(x, taps, bias, out, geometry, lo, hi, slope):
                         w = ow * SW + j * DW - LEFT
                         if w < 0 or w >= W:
                             continue
-                        row = x[n, h, w]
-                        tap = taps[i, j]
+                        xb = ((n * H + h) * W + w) * C
+                        tb = (i * S + j) * K
                         if M == 1:
                             for k in range(K):
-                                acc[k] += row[k] * tap[k]
+                                acc[U(k)] += x[U(xb + k)] * taps[U(tb + k)]
                         else:
                             for k in range(K):
-                                acc[k] += row[k // M] * tap[k]
-                o = out[n, oh, ow]
+                                acc[U(k)] += x[U(xb + k // M)] * taps[U(tb + k)]
+                ob = ((n * OH + oh) * OW + ow) * K
                 for k in range(K):
-                    y = acc[k]
-                    o[k] = min(max(y, lo), hi) + slope * min(y, Z)
+                    y = acc[U(k)]
+                    out[U(ob + k)] = min(max(y, lo), hi) + slope * min(y, Z)
 """
 )
 
@@ -67,10 +67,15 @@ def depthwise(x, taps, bias, out, spec) -> None:
     lo, hi, slope = (np.float32(v) for v in (bounds or epilogue_bounds(Epilogue())))
     bias = np.zeros(spec.k, np.float32) if bias is None else np.asarray(bias, np.float32)
     geometry = np.array([*spec.strides, *spec.dilations, spec.pads[0], spec.pads[1],
-                         spec.k // spec.c], np.int64)  # fmt: skip
-    kernel = jit.load_source("depthwise_nhwc", SOURCE).depthwise
-    kernel(np.ascontiguousarray(x), taps.reshape(spec.r, spec.s, spec.k), bias, out, geometry,
-           lo, hi, slope)  # fmt: skip
+                         spec.k // spec.c, *x.shape, spec.out_h, spec.out_w, spec.k, spec.r,
+                         spec.s], np.int64)  # fmt: skip
+    flat = np.ascontiguousarray(x).reshape(-1)
+    _kernel()(flat, taps.reshape(-1), bias, out.reshape(-1), geometry, lo, hi, slope)
     if bounds is None:
         e = spec.epilogue
         apply_activation(np, out, e.kind, e.alpha, e.beta)
+
+
+@functools.cache
+def _kernel():
+    return jit.load_source("depthwise_nhwc", SOURCE).depthwise

@@ -10,6 +10,8 @@ inside the padded image with ``count_include_pad``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from engine import jit
@@ -22,15 +24,13 @@ SOURCE = (
     jit.MODULE_HEADER
     + f"""
 
-@numba.njit("void(float32[:, :, :, ::1], float32[:, :, :, ::1], int64[::1])", **JIT)
+@numba.njit("void(float32[::1], float32[::1], int64[::1])", **JIT)
 def pool(x, out, geometry):
-    {", ".join(PARAMS)} = geometry
-    N, H, W, C = x.shape
-    OH, OW = out.shape[1], out.shape[2]
+    {", ".join(PARAMS)}, N, H, W, C, OH, OW = geometry
     for n in range(N):
         for oh in range(OH):
             for ow in range(OW):
-                o = out[n, oh, ow]
+                ob = ((n * OH + oh) * OW + ow) * C
                 taps = 0
                 for i in range(KH):
                     h = oh * SH + i * DH - TOP
@@ -40,18 +40,20 @@ def pool(x, out, geometry):
                         w = ow * SW + j * DW - LEFT
                         if w < 0 or w >= W:
                             continue
-                        row = x[n, h, w]
+                        xb = ((n * H + h) * W + w) * C
                         if taps == 0:
-                            o[:] = row
+                            for c in range(C):
+                                out[U(ob + c)] = x[U(xb + c)]
                         elif AVERAGE:
                             for c in range(C):
-                                o[c] += row[c]
+                                out[U(ob + c)] += x[U(xb + c)]
                         else:
                             for c in range(C):
-                                o[c] = max(o[c], row[c])
+                                out[U(ob + c)] = max(out[U(ob + c)], x[U(xb + c)])
                         taps += 1
                 if taps == 0:  # a window wholly in the padding
-                    o[:] = 0
+                    for c in range(C):
+                        out[U(ob + c)] = 0
                 if AVERAGE:
                     if INCLUDE_PAD:
                         rows = 0
@@ -63,7 +65,7 @@ def pool(x, out, geometry):
                         taps = rows * cols
                     scale = np.float32(1.0) / np.float32(max(taps, 1))
                     for c in range(C):
-                        o[c] *= scale
+                        out[U(ob + c)] *= scale
 """
 )
 
@@ -71,5 +73,11 @@ def pool(x, out, geometry):
 def pool(x, out, kind: str, kernel, strides, dilations, pads, count_include_pad: bool) -> None:
     """``kind`` ("max" or "average") pooling of NHWC ``x`` into ``out`` (N, OH, OW, C)."""
     geometry = np.array([*kernel, *strides, *dilations, *pads, kind != "max",
-                         bool(count_include_pad)], np.int64)  # fmt: skip
-    jit.load_source("pool_nhwc", SOURCE).pool(np.ascontiguousarray(x), out, geometry)
+                         bool(count_include_pad), *x.shape, *out.shape[1:3]], np.int64)  # fmt: skip
+    flat = np.ascontiguousarray(x).reshape(-1)
+    _kernel()(flat, out.reshape(-1), geometry)
+
+
+@functools.cache
+def _kernel():
+    return jit.load_source("pool_nhwc", SOURCE).pool
