@@ -28,6 +28,8 @@ from tests.engine.reference import rel_error
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPILED = ("implicit_gemm", "winograd_f2x2_compiled", "winograd_f4x4_compiled")
+#: the same on the calling thread only (offered below one image per core)
+ONE_THREAD = tuple(f"{name}_1t" for name in COMPILED)
 BACKEND = NumpyBackend()
 
 # (n, c, h, w, k, r, s, pads, strides, dilations, groups): the 3-channel first layer, every
@@ -44,12 +46,13 @@ SHAPES = (
 )
 
 
-@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("name", COMPILED + ONE_THREAD)
 @pytest.mark.parametrize("index", range(len(SHAPES)))
 def test_compiled_matches_float64(name, index):
     spec = make_spec(SHAPES[index], EPILOGUES[index % len(EPILOGUES)])
     if name not in candidates(spec):
         assert name != "implicit_gemm"  # it runs every single-group conv
+        assert not (name == "implicit_gemm_1t" and spec.n < spec.cores)
         pytest.skip(f"{name} does not apply to {spec.key()}")
     x, weight, bias = make_problem(spec, seed=index)
     y = run_algorithm(name, spec, x, weight, bias, BACKEND)
