@@ -1,11 +1,14 @@
 """Depthwise convolution on NHWC float32 tensors, compiled with numba (the CPU's ``depthwise``).
 
-One pass over the output: each output pixel's channels accumulate the window's taps that fall
-inside the image (the padding is never copied), then bias and the activation are applied
+One pass over the output, the padding never copied. Where a pixel's whole window lies inside
+the input (most of them) and each output channel reads its own input channel (multiplier 1),
+an explicit-vector tile (``simd.depthwise_tile``) computes 8 pixels x one vector of channels
+with the accumulators in registers; the border pixels, and convs with a channel multiplier,
+run a plain loop that skips the taps outside the input. Bias and the activation are applied
 before the store. Output channel ``c * M + j`` reads input channel ``c`` (ONNX group order, M =
-K / C); the taps are (R, S, K), channel-contiguous, so the channel loop vectorises. Same
-contract as the CUDA ``depthwise_nhwc`` kernel (engine/kernels/depthwise.cu). Activations the
-kernel cannot apply (``epilogue_bounds`` is None) run afterwards on the whole output.
+K / C); the taps are (R, S, K). Same contract as the CUDA ``depthwise_nhwc`` kernel
+(engine/kernels/depthwise.cu). Activations the kernels cannot apply (``epilogue_bounds`` is
+None) run afterwards on the whole output.
 """
 
 from __future__ import annotations
@@ -16,49 +19,91 @@ import numpy as np
 
 from engine import jit
 from engine.activations import apply_activation
-from engine.conv.microkernel import epilogue_bounds
+from engine.conv.microkernel import HEADER, epilogue_bounds
+from engine.conv.simd import DEPTHWISE_PIXELS
 from engine.conv.spec import Epilogue
 
 #: int64 parameter vector of a call, in order
-PARAMS = ("SH", "SW", "DH", "DW", "TOP", "LEFT", "M")
+PARAMS = ("SH", "SW", "DH", "DW", "TOP", "LEFT", "M", "N", "H", "W", "C", "OH", "OW", "K", "R",
+          "S")  # fmt: skip
 
-SOURCE = (
-    jit.MODULE_HEADER
-    + f"""
-
-@numba.njit("void(float32[::1], float32[::1], float32[::1], float32[::1], int64[::1], float32,"
-            " float32, float32)", **JIT)
-def depthwise(x, taps, bias, out, geometry, lo, hi, slope):
-    {", ".join(PARAMS)}, N, H, W, C, OH, OW, K, R, S = geometry
-    acc = np.empty(K, np.float32)
-    Z = np.float32(0.0)
-    for n in range(N):
-        for oh in range(OH):
-            for ow in range(OW):
+PIXEL = """
+@numba.njit(inline="always", **JIT)
+def pixel(x, taps, bias, out, acc, n, oh, ow, SH, SW, DH, DW, TOP, LEFT, M, H, W, C, OH, OW, K,
+          R, S, lo, hi, slope):
+    for k in range(K):
+        acc[U(k)] = bias[U(k)]
+    for i in range(R):
+        h = oh * SH + i * DH - TOP
+        if h < 0 or h >= H:
+            continue
+        for j in range(S):
+            w = ow * SW + j * DW - LEFT
+            if w < 0 or w >= W:
+                continue
+            xb = ((n * H + h) * W + w) * C
+            tb = (i * S + j) * K
+            if M == 1:
                 for k in range(K):
-                    acc[U(k)] = bias[U(k)]
-                for i in range(R):
-                    h = oh * SH + i * DH - TOP
-                    if h < 0 or h >= H:
-                        continue
-                    for j in range(S):
-                        w = ow * SW + j * DW - LEFT
-                        if w < 0 or w >= W:
-                            continue
-                        xb = ((n * H + h) * W + w) * C
-                        tb = (i * S + j) * K
-                        if M == 1:
-                            for k in range(K):
-                                acc[U(k)] += x[U(xb + k)] * taps[U(tb + k)]
-                        else:
-                            for k in range(K):
-                                acc[U(k)] += x[U(xb + k // M)] * taps[U(tb + k)]
-                ob = ((n * OH + oh) * OW + ow) * K
+                    acc[U(k)] += x[U(xb + k)] * taps[U(tb + k)]
+            else:
                 for k in range(K):
-                    y = acc[U(k)]
-                    out[U(ob + k)] = min(max(y, lo), hi) + slope * min(y, Z)
+                    acc[U(k)] += x[U(xb + k // M)] * taps[U(tb + k)]
+    ob = ((n * OH + oh) * OW + ow) * K
+    for k in range(K):
+        y = acc[U(k)]
+        out[U(ob + k)] = min(max(y, lo), hi) + slope * min(y, np.float32(0.0))
 """
-)
+
+
+def _tile_call(pixels: int) -> str:
+    return (f"TILE_{pixels}(x, ((n * H + h0) * W + ow * SW - LEFT) * C, SW * C, DH * W * C,"
+            " DW * C, R, S, taps, K, bias, k, K - k, out, ((n * OH + oh) * OW + ow) * K, K, lo,"
+            " hi, slope)")  # fmt: skip
+
+
+def _source(pixels: int) -> str:
+    args = (
+        "x, taps, bias, out, acc, n, oh, ow, "
+        + ", ".join(PARAMS[:6] + PARAMS[6:7])
+        + (", H, W, C, OH, OW, K, R, S, lo, hi, slope")
+    )
+    tail = [f"                if rest == {p}:\n                    {_tile_call(p)}"
+            for p in range(1, pixels)]  # fmt: skip
+    lines = [
+        HEADER,
+        *[f"TILE_{p} = simd.depthwise_tile({p})" for p in range(1, pixels + 1)],
+        "LANES = simd.vector_shape()[0]",
+        PIXEL,
+        '@numba.njit("void(float32[::1], float32[::1], float32[::1], float32[::1], int64[::1],'
+        ' float32, float32, float32)", **JIT)',
+        "def depthwise(x, taps, bias, out, geometry, lo, hi, slope):",
+        f"    {', '.join(PARAMS)} = geometry",
+        "    acc = np.empty(K, np.float32)",
+        "    # columns whose every tap is inside the input",
+        "    OW0 = min(OW, (LEFT + SW - 1) // SW)",
+        "    OW1 = max(OW0, min(OW, (W - 1 - (S - 1) * DW + LEFT) // SW + 1))",
+        "    for n in range(N):",
+        "        for oh in range(OH):",
+        "            h0 = oh * SH - TOP",
+        "            if M != 1 or h0 < 0 or h0 + (R - 1) * DH >= H:",
+        "                for ow in range(OW):",
+        f"                    pixel({args})",
+        "                continue",
+        "            for ow in range(OW0):",
+        f"                pixel({args})",
+        "            for ow in range(OW1, OW):",
+        f"                pixel({args})",
+        "            for k in range(0, K, LANES):",
+        "                ow = OW0",
+        f"                while ow + {pixels} <= OW1:",
+        f"                    {_tile_call(pixels)}",
+        f"                    ow += {pixels}",
+        "                rest = OW1 - ow",
+        *tail,
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def depthwise(x, taps, bias, out, spec) -> None:
@@ -78,4 +123,4 @@ def depthwise(x, taps, bias, out, spec) -> None:
 
 @functools.cache
 def _kernel():
-    return jit.load_source("depthwise_nhwc", SOURCE).depthwise
+    return jit.load_source(f"depthwise_p{DEPTHWISE_PIXELS}", _source(DEPTHWISE_PIXELS)).depthwise

@@ -83,3 +83,16 @@ def winograd_output_tile(at: tuple):
     from engine.conv.winograd_codegen import output_tile
 
     return output_tile(_matrix(at), vector_shape()[0])
+
+
+#: output pixels per depthwise tile (one vector of channels each)
+DEPTHWISE_PIXELS = 8
+
+
+@functools.cache
+def depthwise_tile(pixels: int):
+    """The intrinsic computing ``pixels`` output pixels x one vector of channels of a depthwise
+    conv (``engine.conv.simd_codegen.make_depthwise_tile``)."""
+    from engine.conv.simd_codegen import make_depthwise_tile
+
+    return make_depthwise_tile(pixels, vector_shape()[0])

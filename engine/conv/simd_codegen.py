@@ -126,3 +126,55 @@ def make_conv_tile(pixels: int, vectors: int, lanes: int):
 
     typer.__name__ = f"conv_tile_p{pixels}_v{vectors}"
     return intrinsic(typer)
+
+
+DEPTHWISE_NAMES = ("x", "xb", "xstep", "rstride", "sstride", "R", "S", "taps", "tstride", "bias",
+                   "k", "count", "out", "ob", "ostep", "lo", "hi", "slope")  # fmt: skip
+
+
+def make_depthwise_tile(pixels: int, lanes: int):
+    """Intrinsic ``(x, xb, xstep, rstride, sstride, R, S, taps, tstride, bias, k, count, out,
+    ob, ostep, lo, hi, slope)``: ``pixels`` output pixels x one vector of channels k.. of a
+    depthwise conv (multiplier 1) whose windows lie inside the input. Pixel p's input at tap
+    (r, s) is ``x[xb + p*xstep + r*rstride + s*sstride + k ...]``, the tap's weights
+    ``taps[(r*S + s)*tstride + k ...]``; outputs go to ``out[ob + p*ostep + k ...]`` with bias
+    and activation, only the first ``count`` channels."""
+
+    def codegen(context, builder, signature, args):
+        from engine.conv.winograd_codegen import _Masked
+
+        a = dict(zip(DEPTHWISE_NAMES, args))
+        for name in ("x", "taps", "bias", "out"):
+            index = DEPTHWISE_NAMES.index(name)
+            a[name] = context.make_array(signature.args[index])(context, builder, args[index]).data
+        b = builder
+        vec = _Masked(b, lanes, a["count"])
+        accs = [cgutils.alloca_once_value(b, vec.mload(a["bias"], a["k"])) for _ in range(pixels)]
+        with cgutils.for_range(b, a["R"]) as rows:
+            xr = b.add(b.add(a["xb"], a["k"]), b.mul(rows.index, a["rstride"]))
+            tr = b.mul(rows.index, a["S"])
+            with cgutils.for_range(b, a["S"]) as cols:
+                xs = b.add(xr, b.mul(cols.index, a["sstride"]))
+                tap = vec.mload(
+                    a["taps"], b.add(b.mul(b.add(tr, cols.index), a["tstride"]), a["k"])
+                )
+                for p in range(pixels):
+                    value = vec.mload(a["x"], b.add(xs, b.mul(ir.Constant(I64, p), a["xstep"])))
+                    b.store(vec.call("llvm.fma", value, tap, b.load(accs[p])), accs[p])
+        lo, hi, slope = (vec.splat(a[name]) for name in ("lo", "hi", "slope"))
+        for p in range(pixels):
+            y = b.load(accs[p])
+            clamped = vec.call("llvm.minnum", vec.call("llvm.maxnum", y, lo), hi)
+            result = b.fadd(clamped, b.fmul(slope, vec.call("llvm.minnum", y, vec.zero)))
+            index = b.add(b.add(a["ob"], b.mul(ir.Constant(I64, p), a["ostep"])), a["k"])
+            vec.mstore(result, a["out"], index)
+        return context.get_dummy_value()
+
+    def typer(typingctx, x, xb, xstep, rstride, sstride, R, S, taps, tstride, bias, k, count,
+              out, ob, ostep, lo, hi, slope):  # fmt: skip
+        args = (x, xb, xstep, rstride, sstride, R, S, taps, tstride, bias, k, count, out, ob,
+                ostep, lo, hi, slope)  # fmt: skip
+        return types.void(*args), codegen
+
+    typer.__name__ = f"depthwise_tile_p{pixels}"
+    return intrinsic(typer)

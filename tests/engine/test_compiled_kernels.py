@@ -191,3 +191,22 @@ def test_importing_engine_compiles_nothing():
         "print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))\n"
     )
     assert run_python(code).strip().splitlines()[-1] == "[]"
+
+
+# depthwise (groups = channels), multiplier 1: rows wider than the 8-pixel tile, channels over
+# one vector with a remainder, strides, dilations, no padding (every pixel on the tile path)
+DEPTHWISE_SHAPES = (
+    (2, 40, 19, 21, 40, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 40),
+    (1, 24, 17, 30, 24, 3, 3, (1, 1, 1, 1), (2, 2), (1, 1), 24),
+    (3, 17, 12, 25, 17, 5, 5, (2, 2, 2, 2), (1, 1), (2, 2), 17),
+    (1, 32, 9, 20, 32, 3, 3, (0, 0, 0, 0), (1, 1), (1, 1), 32),
+)
+
+
+@pytest.mark.parametrize("index", range(len(DEPTHWISE_SHAPES)))
+def test_compiled_depthwise_matches_float64(index):
+    assert BACKEND.native_depthwise
+    spec = make_spec(DEPTHWISE_SHAPES[index], EPILOGUES[index % len(EPILOGUES)])
+    x, weight, bias = make_problem(spec, seed=20 + index)
+    y = run_algorithm("depthwise_direct", spec, x, weight, bias, BACKEND)
+    assert rel_error(y, reference_nhwc(spec, x, weight, bias)) < 1e-5
