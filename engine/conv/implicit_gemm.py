@@ -80,11 +80,18 @@ class ImplicitGemm(ConvAlgorithm):
         self.parts = split_work(spec)
         self.geometry = [self._geometry(ph, pw, blocks, part) for part in self.parts]
 
+    @property
+    def pads_in_kernel(self) -> bool:
+        """Each thread pads its own images inside the kernel call; row bands (fewer images
+        than threads) share images, which are padded before the threads start."""
+        return self.spec.has_padding and self.spec.n >= len(self.parts)
+
     def _geometry(self, ph, pw, blocks, part) -> np.ndarray:
         s = self.spec
         n0, n1, oh0, oh1 = part
         return np.array([ph, pw, s.c, s.out_h, s.out_w, s.k, s.r, s.s, *s.strides,
-                         *s.dilations, n0, n1, oh0, oh1, blocks], np.int64)  # fmt: skip
+                         *s.dilations, n0, n1, oh0, oh1, blocks, s.h, s.w, s.pads[0],
+                         s.pads[1], self.pads_in_kernel], np.int64)  # fmt: skip
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec
@@ -92,19 +99,19 @@ class ImplicitGemm(ConvAlgorithm):
         if spec.has_padding:
             ph, pw = spec.padded_hw
             source = workspace[: spec.n * ph * pw * spec.c].reshape(spec.n, ph, pw, spec.c)
-            if spec.n < len(self.parts):  # row bands share images: pad them all first
+            if not self.pads_in_kernel:
                 pad_into(source, x, spec.pads)
         calls = [(x, source, out, part, g) for part, g in zip(self.parts, self.geometry)]
-        run_in_threads(self._part, calls)
+        if len(calls) == 1:
+            self._part(*calls[0])
+        else:
+            run_in_threads(self._part, calls)
 
     def _part(self, x, source, out, part, geometry) -> None:
         n0, n1, oh0, oh1 = part
         spec = self.spec
-        if spec.has_padding and spec.n >= len(self.parts):  # this thread's own images
-            pad_into(source[n0:n1], x[n0:n1], spec.pads)
-        flat = source.reshape(-1)
-        self.kernel(flat, self.weights.reshape(-1), self.bias_padded, out.reshape(-1),
-                    geometry, *self.bounds)  # fmt: skip
+        self.kernel(x.reshape(-1), source.reshape(-1), self.weights.reshape(-1),
+                    self.bias_padded, out.reshape(-1), geometry, *self.bounds)  # fmt: skip
         if self.after:
             e = spec.epilogue
             apply_activation(np, out[n0:n1, oh0:oh1], e.kind, e.alpha, e.beta)

@@ -33,10 +33,39 @@ PARAMS = (
     "N0", "N1", "OH0", "OH1", "KBLOCKS",
 )  # fmt: skip
 
+#: after PARAMS in ``geometry``: the unpadded input's size and where it sits in the padded one,
+#: and whether the kernel pads it itself (PAD = 1: into ``xp``, images N0..N1)
+PAD_PARAMS = ("H", "W", "TOP", "LEFT", "PAD")
+
 SIGNATURE = (
-    "void(float32[::1], float32[::1], float32[::1], float32[::1], int64[::1],"
+    "void(float32[::1], float32[::1], float32[::1], float32[::1], float32[::1], int64[::1],"
     " float32, float32, float32)"
 )
+
+#: ``pad_images``: NHWC images N0..N1 of ``x`` (H x W) into the middle of ``xp`` (HP x WP),
+#: zeros around; one pass, inside the kernel's GIL-free call (NumPy's pad is five calls, each a
+#: GIL hand-off when two batch slices run at once)
+PAD_SOURCE = """
+@numba.njit(inline="always", **JIT)
+def pad_images(x, xp, N0, N1, H, W, C, HP, WP, TOP, LEFT):
+    Z = np.float32(0.0)
+    for n in range(N0, N1):
+        for hp in range(HP):
+            row = (n * HP + hp) * WP * C
+            h = hp - TOP
+            if h < 0 or h >= H:
+                for i in range(WP * C):
+                    xp[U(row + i)] = Z
+                continue
+            for i in range(LEFT * C):
+                xp[U(row + i)] = Z
+            src = (n * H + h) * W * C
+            dst = row + LEFT * C
+            for i in range(W * C):
+                xp[U(dst + i)] = x[U(src + i)]
+            for i in range((LEFT + W) * C, WP * C):
+                xp[U(row + i)] = Z
+"""
 #: the largest float32: "unbounded" without infinities (the kernels assume none: ``ninf``)
 FLOAT32_MAX = 3.4028234e38
 
@@ -103,19 +132,23 @@ def rows_source(pixels: int, vectors: int) -> str:
 
 
 def conv_source(pixels: int, vectors: int) -> str:
-    """A module with ``conv(x, w, bias, out, geometry, lo, hi, slope)``.
+    """A module with ``conv(x, xp, w, bias, out, geometry, lo, hi, slope)``.
 
-    x: padded NHWC input (N, HP, WP, C); w: (KBLOCKS, R, S, C, KB) with K zero-padded to
-    KBLOCKS * KB; bias: (KBLOCKS * KB,); out: (N, OH, OW, K); geometry: ``PARAMS``. Runs
-    images N0..N1 and output rows OH0..OH1 (a thread's share)."""
-    unpack = ", ".join(f"geometry[{i}]" for i in range(len(PARAMS)))
+    x: NHWC input (N, H, W, C); xp: the padded input (N, HP, WP, C), written here when PAD,
+    else already written (or x itself when there is no padding); w: (KBLOCKS, R, S, C, KB)
+    with K zero-padded to KBLOCKS * KB; bias: (KBLOCKS * KB,); out: (N, OH, OW, K); geometry:
+    ``PARAMS + PAD_PARAMS``. Runs images N0..N1 and output rows OH0..OH1 (a thread's share)."""
     lines = [
         HEADER,
+        PAD_SOURCE,
         rows_source(pixels, vectors),
         "",
         f'@numba.njit("{SIGNATURE}", **JIT)',
-        "def conv(x, w, bias, out, geometry, lo, hi, slope):",
-        f"    conv_rows(x, w, bias, out, {unpack}, lo, hi, slope)",
+        "def conv(x, xp, w, bias, out, geometry, lo, hi, slope):",
+        f"    {', '.join(PARAMS + PAD_PARAMS)} = geometry",
+        "    if PAD:",
+        "        pad_images(x, xp, N0, N1, H, W, C, HP, WP, TOP, LEFT)",
+        f"    conv_rows(xp, w, bias, out, {', '.join(PARAMS)}, lo, hi, slope)",
         "",
     ]
     return "\n".join(lines)

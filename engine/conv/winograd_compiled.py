@@ -109,8 +109,10 @@ class WinogradCompiled(ConvAlgorithm):
         s = self.spec
         _, hp, wp, _ = self.padded_shape(s)
         th, tw = self.tiles(s)
+        whole_images = s.n >= s.cores  # each thread pads its own images in the kernel call
         return np.array([hp, wp, s.c, s.out_h, s.out_w, s.k, th, tw, *part, self.chunk(s),
-                         self.u.shape[1]], np.int64)  # fmt: skip
+                         self.u.shape[1], s.h, s.w, s.pads[0], s.pads[1], whole_images],
+                        np.int64)  # fmt: skip
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec
@@ -122,7 +124,10 @@ class WinogradCompiled(ConvAlgorithm):
             pad_into(padded, x, self._pads())
         calls = [(x, padded, out, g, rest[i * scratch : (i + 1) * scratch])
                  for i, g in enumerate(self.geometry)]  # fmt: skip
-        run_in_threads(self._part, calls)
+        if len(calls) == 1:
+            self._part(*calls[0])
+        else:
+            run_in_threads(self._part, calls)
         if self.after and spec.n < spec.cores:  # (whole images: each thread did its own)
             self._activate(out)
 
@@ -140,14 +145,11 @@ class WinogradCompiled(ConvAlgorithm):
         spec = self.spec
         th, tw = self.tiles(spec)
         n0, n1 = geometry[8] // (th * tw), geometry[9] // (th * tw)
-        whole_images = spec.n >= spec.cores
-        if whole_images:
-            pad_into(padded[n0:n1], x[n0:n1], self._pads())
         v = scratch[: self.positions() * self.chunk(spec) * spec.c]
         m = scratch[v.size :]
-        self.kernel(padded.reshape(-1), self.u.reshape(-1), np.asarray(self.bias),
+        self.kernel(x.reshape(-1), padded.reshape(-1), self.u.reshape(-1), self.bias,
                     self.zero_bias, out.reshape(-1), v, m, geometry, *self.bounds)  # fmt: skip
-        if self.after and whole_images:
+        if self.after and spec.n >= spec.cores:
             self._activate(out[n0:n1])
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.conv.microkernel import FLOAT32_MAX, HEADER, rows_source
+from engine.conv.microkernel import FLOAT32_MAX, HEADER, PAD_PARAMS, PAD_SOURCE, rows_source
 
 PARAMS = ("HP", "WP", "C", "OH", "OW", "K", "TH", "TW", "T0", "T1", "CHUNK", "KBLOCKS")
 
 SIGNATURE = (
     "void(float32[::1], float32[::1], float32[::1], float32[::1], float32[::1], float32[::1],"
-    " float32[::1], int64[::1], float32, float32, float32)"
+    " float32[::1], float32[::1], int64[::1], float32, float32, float32)"
 )
 
 
@@ -65,18 +65,21 @@ def _constant(matrix: np.ndarray) -> str:
 
 
 def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -> str:
-    """A module with ``winograd(xp, u, bias, zero_bias, out, v, m, geometry, lo, hi, slope)``.
+    """A module with ``winograd(x, xp, u, bias, zero_bias, out, v, m, geometry, lo, hi,
+    slope)``.
 
-    xp: input zero-padded to (N, HP, WP, C) with HP = m TH + 2, WP = m TW + 2; u: transformed
+    x: the NHWC input (N, H, W, C); xp: x zero-padded to (N, HP, WP, C) with HP = m TH + 2,
+    WP = m TW + 2, written here (whole images T0..T1) when PAD, else already; u: transformed
     filters (a*a, KBLOCKS, C, KB); bias (K,); zero_bias (KBLOCKS * KB,) zeros; out (N, OH, OW,
     K); v and m: (a*a, CHUNK, C) and (a*a, CHUNK, K) scratch; tiles T0..T1 of the flattened
     (N, TH, TW) tile grid."""
     a, m = bt.shape[0], at.shape[0]
-    unpack = [f"    {name} = geometry[{i}]" for i, name in enumerate(PARAMS)]
+    unpack = [f"    {', '.join(PARAMS + PAD_PARAMS)} = geometry"]
     gemm = ("conv_rows(v[e * T * C :], u[e * ustride :], zero_bias, m[e * T * K :],"
             " 1, T, C, 1, T, K, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, KBLOCKS, -BIG, BIG, Z)")  # fmt: skip
     lines = [
         HEADER,
+        PAD_SOURCE,
         rows_source(pixels, vectors),
         "LANES = simd.vector_shape()[0]",
         f"INPUT_TILE = simd.winograd_input_tile({_constant(bt)})",
@@ -84,10 +87,13 @@ def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -
         f"BIG = np.float32({FLOAT32_MAX!r})",
         "",
         f'@numba.njit("{SIGNATURE}", **JIT)',
-        "def winograd(xp, u, bias, zero_bias, out, v, m, geometry, lo, hi, slope):",
+        "def winograd(x, xp, u, bias, zero_bias, out, v, m, geometry, lo, hi, slope):",
         *unpack,
         "    Z = np.float32(0.0)",
         "    tiles_per_image = TH * TW",
+        "    if PAD:",
+        "        pad_images(x, xp, T0 // tiles_per_image, T1 // tiles_per_image, H, W, C, HP, WP,"
+        " TOP, LEFT)",
         "    ustride = KBLOCKS * C * KB",
         "    for c0 in range(T0, T1, CHUNK):",
         "        T = min(CHUNK, T1 - c0)",
