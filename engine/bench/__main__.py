@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.autotune.__main__ import report as autotune_report
+from engine.bench.layers import layer_rows, layer_table, onnxruntime_conv_ms
 from engine.bench.nets import NETS
 from engine.bench.runners import (
     conv_flops_per_image,
@@ -104,6 +105,9 @@ def measure_batch(path: Path, model_proto, chw, batch: int, args, cache: str) ->
     row["profile untuned"] = profile(plain, x)
     conv_s = sum(row["profile tuned"].get(c, 0) for c in CONV_CATEGORIES)
     row["conv GFLOP/s"] = conv_flops_per_image(tuned) * batch / conv_s / 1e9
+    if "onnxruntime" in runners:
+        convs = onnxruntime_conv_ms(model_proto.SerializeToString(), x)
+        row["layers"] = layer_rows(tuned, batch, convs)
     return row
 
 
@@ -166,6 +170,10 @@ def main(argv=None) -> int:
     print(f"\nLoad average (1 min) at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}")
     print("\n## Images/s\n\n" + "\n".join(throughput_table(rows)))
     print("\n## Where the engine's time goes (ms per batch)\n\n" + "\n".join(profile_table(rows)))
+    layers = [(net, r["batch"], r["layers"]) for net, r in rows if "layers" in r]
+    if layers:
+        print("\n## Per conv layer against onnxruntime's own per-node profile\n")
+        print("\n".join(layer_table(layers)))
     print("\n## Autotuned conv layers (candidates' ms, speed-up over im2col_gemm)\n")
     print("```\n" + "\n".join(reports) + "\n```")
     return 0

@@ -77,6 +77,10 @@ def test_bench_quick_runs(tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "| cifar | 2 |" in done.stdout and "Machine:" in done.stdout
+    # every conv layer against onnxruntime's per-node profile, matched by output shape
+    layers = [line for line in done.stdout.splitlines() if line.startswith("| cifar | 2 | conv")]
+    assert len(layers) == 5 and all(line.count("|") == 11 for line in layers)
+    assert all(line.split("|")[8].strip() for line in layers)  # an onnxruntime time each
 
 
 def test_cli_reports_a_missing_model_without_a_traceback(tmp_path):
