@@ -10,8 +10,7 @@ from engine.errors import (
     UnsupportedModelError,
 )
 from engine.model import EngineStats, Model, load_model
-
-__version__ = "0.1.0"
+from engine.version import __version__
 
 __all__ = [
     "load_model", "Model", "EngineStats", "EngineError", "ModelLoadError", "UnsupportedModelError",

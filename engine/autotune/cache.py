@@ -26,16 +26,19 @@ import os
 import tempfile
 from pathlib import Path
 
+from engine.version import __version__
+
 log = logging.getLogger("engine.autotune")
 
 SCHEMA_VERSION = 1
 _ENGINE_DIR = Path(__file__).resolve().parent.parent
-_KERNEL_SOURCES = ("conv/*.py", "kernels/*.cu", "jit.py")
+_KERNEL_SOURCES = ("conv/*.py", "kernels/*.cu", "jit.py", "backends/cpu_*.py")
 
 
 @functools.cache
 def kernel_hash() -> str:
-    """sha256 over the conv algorithm and CUDA kernel sources: timings of other code are stale."""
+    """sha256 over the conv algorithm, compiled CPU and CUDA kernel sources: timings of other
+    code are stale."""
     digest = hashlib.sha256()
     for pattern in _KERNEL_SOURCES:
         for path in sorted(_ENGINE_DIR.glob(pattern)):
@@ -45,8 +48,6 @@ def kernel_hash() -> str:
 
 
 def make_header(fingerprint: dict) -> dict:
-    from engine import __version__  # at call time: engine/__init__ imports this package
-
     return {
         "schema": SCHEMA_VERSION,
         "engine_version": __version__,
