@@ -3,11 +3,12 @@
 Nothing here runs at ``import engine``: the first compiled algorithm that is asked whether it
 applies calls ``compiler()``, which sets numba's options and imports it. Settings, and why:
 
-- the SLP vectoriser on (``NUMBA_SLP_VECTORIZE=1``; numba >= 0.59 turns it off): the kernels
-  keep a block of output channels in scalar accumulators that only the SLP pass packs into AVX
-  registers; without it the same kernel ran 13-16x slower.
+- the SLP vectoriser on (``NUMBA_SLP_VECTORIZE=1``; numba >= 0.59 turns it off) for the
+  kernels' plain loops (padding, pooling, border pixels). The hot inner parts (register tiles,
+  Winograd transforms) are explicit vector code (``engine.conv.simd``) and need no vectoriser:
+  written as scalar code for it they ran 2-4x slower and compiled for minutes.
 - ``fastmath`` as the flag set ``FASTMATH``, not ``True``: with reassociation LLVM vectorised
-  the channel reduction instead, spilled its accumulators and stayed under 50 GFLOP/s.
+  channel reductions across accumulators and spilled them.
 - no numba parallel regions: the kernels release the GIL (``nogil``) and run on the engine's
   own worker threads (``engine.threads``), the pool the other CPU algorithms use, so compiled
   kernels and BLAS never compete with a second pool. The threading layer is pinned to numba's
