@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine import chain
 from engine.graph import Graph
 from engine.ops import NHWC, PLAIN, REGISTRY, LayoutConvert, Op, OpContext
 from engine.ops.base import physical_shape
@@ -58,6 +59,8 @@ class Plan:
             value = self.values[info.name]
             self.inputs[info.name] = backend.zeros(shape_of(value), value.dtype)
         self._env = {**self.constants, **self.inputs}  # value name -> array, for execute
+        self._segments: list | None = None  # steps and chains, after the first call
+        self._bound = False
         self._allocate()
 
     # planning -------------------------------------------------------------------------------
@@ -150,6 +153,7 @@ class Plan:
 
     def bind(self, arena: Arena) -> None:
         """Point every step's output buffers and scratch space into ``arena``."""
+        self._segments, self._bound = None, True
         for step in self.steps:
             if step.op.allocates:
                 step.buffers = [self._view(arena.slots[self.assignment[n]], self.values[n])
@@ -175,6 +179,7 @@ class Plan:
         """Read the graph inputs from ``arrays`` (e.g. views of a larger staging buffer)."""
         self.inputs.update(arrays)
         self._env.update(arrays)
+        self._segments = None
 
     # running --------------------------------------------------------------------------------
     def execute(self, run_step=None) -> list:
@@ -182,12 +187,30 @@ class Plan:
 
         ``run_step(step, ins) -> outs`` replaces the plain ``step.op.run`` (e.g. to time each
         step). The value table is kept between calls: each call rewrites every entry it reads.
+        On a CPU plan the second and later plain calls run runs of compiled steps as one call
+        each (engine.chain).
         """
         env = self._env
+        if run_step is None and self._segments is not None:
+            if self._generation == chain.generation():
+                return self._run_segments()
+            self._segments = None
         for step in self.steps:
             ins = [env[name] if name else None for name in step.inputs]
             outs = step.op.run(ins, step.buffers) if run_step is None else run_step(step, ins)
             env.update(zip(step.outputs, outs))
+        if run_step is None and self._bound and chain.available(self.backend):
+            self._segments, self._generation = chain.segments(self), chain.generation()
+        return [env[name] for name in self.outputs]
+
+    def _run_segments(self) -> list:
+        env = self._env
+        for segment in self._segments:
+            if isinstance(segment, chain.Chain):
+                segment.call()  # its outputs are bound buffers, already in env
+                continue
+            ins = [env[name] if name else None for name in segment.inputs]
+            env.update(zip(segment.outputs, segment.op.run(ins, segment.buffers)))
         return [env[name] for name in self.outputs]
 
     def conv_steps(self) -> list[Step]:

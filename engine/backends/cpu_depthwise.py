@@ -108,17 +108,28 @@ def _source(pixels: int) -> str:
 
 def depthwise(x, taps, bias, out, spec) -> None:
     """Depthwise conv of NHWC ``x`` into ``out`` with ``spec``'s bias and epilogue."""
-    bounds = epilogue_bounds(spec.epilogue)
-    lo, hi, slope = (np.float32(v) for v in (bounds or epilogue_bounds(Epilogue())))
+    kernel, args = _call(x, taps, bias, out, spec)
+    kernel(*args)
+    if epilogue_bounds(spec.epilogue) is None:
+        e = spec.epilogue
+        apply_activation(np, out, e.kind, e.alpha, e.beta)
+
+
+def depthwise_call(x, taps, bias, out, spec):
+    """(compiled kernel, arguments) of ``depthwise`` for engine.chain, or None when the
+    activation runs afterwards."""
+    return _call(x, taps, bias, out, spec) if epilogue_bounds(spec.epilogue) else None
+
+
+def _call(x, taps, bias, out, spec):
+    bounds = epilogue_bounds(spec.epilogue) or epilogue_bounds(Epilogue())
+    lo, hi, slope = (np.float32(v) for v in bounds)
     bias = np.zeros(spec.k, np.float32) if bias is None else np.asarray(bias, np.float32)
     geometry = np.array([*spec.strides, *spec.dilations, spec.pads[0], spec.pads[1],
                          spec.k // spec.c, *x.shape, spec.out_h, spec.out_w, spec.k, spec.r,
                          spec.s], np.int64)  # fmt: skip
     flat = np.ascontiguousarray(x).reshape(-1)
-    _kernel()(flat, taps.reshape(-1), bias, out.reshape(-1), geometry, lo, hi, slope)
-    if bounds is None:
-        e = spec.epilogue
-        apply_activation(np, out, e.kind, e.alpha, e.beta)
+    return _kernel(), (flat, taps.reshape(-1), bias, out.reshape(-1), geometry, lo, hi, slope)
 
 
 @functools.cache

@@ -72,10 +72,15 @@ def pool(x, out, geometry):
 
 def pool(x, out, kind: str, kernel, strides, dilations, pads, count_include_pad: bool) -> None:
     """``kind`` ("max" or "average") pooling of NHWC ``x`` into ``out`` (N, OH, OW, C)."""
+    fn, args = pool_call(x, out, kind, kernel, strides, dilations, pads, count_include_pad)
+    fn(*args)
+
+
+def pool_call(x, out, kind: str, kernel, strides, dilations, pads, count_include_pad: bool):
+    """(compiled kernel, arguments) of ``pool``, for engine.chain."""
     geometry = np.array([*kernel, *strides, *dilations, *pads, kind != "max",
                          bool(count_include_pad), *x.shape, *out.shape[1:3]], np.int64)  # fmt: skip
-    flat = np.ascontiguousarray(x).reshape(-1)
-    _kernel()(flat, out.reshape(-1), geometry)
+    return _kernel(), (np.ascontiguousarray(x).reshape(-1), out.reshape(-1), geometry)
 
 
 @functools.cache

@@ -76,6 +76,11 @@ class NumpyBackend(Backend):
 
         depthwise(x, taps, bias, out, spec)
 
+    def depthwise_call(self, x, taps, bias, out, spec):
+        from engine.backends.cpu_depthwise import depthwise_call
+
+        return depthwise_call(x, taps, bias, out, spec)
+
     def pool(self, x, out, kind, kernel, strides, dilations, pads, count_include_pad) -> None:
         from engine.backends.cpu_pool import pool
 

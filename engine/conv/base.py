@@ -62,6 +62,11 @@ class ConvAlgorithm:
         """x: (N, H, W, C) contiguous; out: (N, OH, OW, K) contiguous; workspace: 1-D float32."""
         raise NotImplementedError
 
+    def compiled_call(self, x, out, workspace):
+        """(numba kernel, arguments) doing all of ``self(x, out, workspace)`` in one call on
+        this thread, or None (see engine.chain)."""
+        return None
+
     def finish(self, out2d) -> None:
         """Bias and activation, in place on the (rows, K) GEMM output."""
         self.backend.epilogue(out2d, self.bias, self.spec.epilogue)

@@ -56,6 +56,12 @@ class DepthwiseDirect(ConvAlgorithm):
             self._run(x[n0:n1], out[n0:n1], workspace)
             self.finish(out[n0:n1].reshape(-1, spec.k))
 
+    def compiled_call(self, x, out, workspace):
+        call = getattr(self.backend, "depthwise_call", None)  # the CPU's compiled kernel
+        if call is None or not self.backend.native_depthwise:
+            return None
+        return call(x, self.taps, self.bias, out, self.spec)
+
     def _run(self, x, out, workspace) -> None:
         xp, spec = self.xp, self.spec
         images = x.shape[0]

@@ -107,11 +107,25 @@ class ImplicitGemm(ConvAlgorithm):
         else:
             run_in_threads(self._part, calls)
 
+    def _source(self, x, workspace):
+        if not self.spec.has_padding:
+            return x
+        ph, pw = self.spec.padded_hw
+        return workspace[: self.spec.n * ph * pw * self.spec.c]
+
+    def compiled_call(self, x, out, workspace):
+        if len(self.parts) != 1 or self.after:
+            return None
+        return self.kernel, self._args(x, self._source(x, workspace), out, self.geometry[0])
+
+    def _args(self, x, source, out, geometry) -> tuple:
+        return (x.reshape(-1), source.reshape(-1), self.weights.reshape(-1), self.bias_padded,
+                out.reshape(-1), geometry, *self.bounds)  # fmt: skip
+
     def _part(self, x, source, out, part, geometry) -> None:
         n0, n1, oh0, oh1 = part
         spec = self.spec
-        self.kernel(x.reshape(-1), source.reshape(-1), self.weights.reshape(-1),
-                    self.bias_padded, out.reshape(-1), geometry, *self.bounds)  # fmt: skip
+        self.kernel(*self._args(x, source, out, geometry))
         if self.after:
             e = spec.epilogue
             apply_activation(np, out[n0:n1, oh0:oh1], e.kind, e.alpha, e.beta)

@@ -145,6 +145,9 @@ class OnThisThread(ConvAlgorithm):
     def __call__(self, x, out, workspace) -> None:
         self.inner(x, out, workspace)
 
+    def compiled_call(self, x, out, workspace):
+        return self.inner.compiled_call(x, out, workspace)
+
 
 def one_thread_variant(base: type[ConvAlgorithm]) -> type[OnThisThread]:
     """``base`` on the calling thread only, named ``<base>_1t``."""

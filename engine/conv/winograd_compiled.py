@@ -141,14 +141,24 @@ class WinogradCompiled(ConvAlgorithm):
         top, left = spec.pads[0], spec.pads[1]
         return top, left, hp - spec.h - top, wp - spec.w - left
 
+    def compiled_call(self, x, out, workspace):
+        if len(self.geometry) != 1 or self.after or self.spec.n < self.spec.cores:
+            return None
+        padded = workspace[: int(np.prod(self.padded_shape(self.spec)))]
+        scratch = workspace[padded.size : padded.size + self.scratch_elems(self.spec)]
+        return self.kernel, self._args(x, padded, out, self.geometry[0], scratch)
+
+    def _args(self, x, padded, out, geometry, scratch) -> tuple:
+        v = scratch[: self.positions() * self.chunk(self.spec) * self.spec.c]
+        m = scratch[v.size :]
+        return (x.reshape(-1), padded.reshape(-1), self.u.reshape(-1), self.bias,
+                self.zero_bias, out.reshape(-1), v, m, geometry, *self.bounds)  # fmt: skip
+
     def _part(self, x, padded, out, geometry, scratch) -> None:
         spec = self.spec
         th, tw = self.tiles(spec)
         n0, n1 = geometry[8] // (th * tw), geometry[9] // (th * tw)
-        v = scratch[: self.positions() * self.chunk(spec) * spec.c]
-        m = scratch[v.size :]
-        self.kernel(x.reshape(-1), padded.reshape(-1), self.u.reshape(-1), self.bias,
-                    self.zero_bias, out.reshape(-1), v, m, geometry, *self.bounds)  # fmt: skip
+        self.kernel(*self._args(x, padded, out, geometry, scratch))
         if self.after and spec.n >= spec.cores:
             self._activate(out[n0:n1])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine import chain
 from engine.conv import ConvSpec, Epilogue
 from engine.errors import UnsupportedModelError
 from engine.ops.base import NHWC, Op, register
@@ -49,6 +50,19 @@ class Conv(Op):
                 raise
             self.algorithm(ins[0], outs[0], self.workspace.view(np.float32))
         return outs
+
+    @property
+    def algorithm(self):
+        return self._algorithm
+
+    @algorithm.setter
+    def algorithm(self, value) -> None:
+        self._algorithm = value
+        chain.changed()  # a chain that calls the old kernel must be rebuilt
+
+    def compiled_call(self, ins, outs):
+        call = getattr(self.algorithm, "compiled_call", None)  # (a wrapper may not have one)
+        return None if call is None else call(ins[0], outs[0], self.workspace.view(np.float32))
 
     def _fall_back(self, error) -> bool:
         """After an out-of-memory failure, switch for good to the tuner's runner-up that fits

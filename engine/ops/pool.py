@@ -111,6 +111,14 @@ class MaxPool(_Pool):
         self.pooled(ins[0], outs[0], self.xp.maximum)
         return outs
 
+    def compiled_call(self, ins, outs):
+        if not self.native or self.ctx.backend.device != "cpu":
+            return None
+        from engine.backends.cpu_pool import pool_call
+
+        return pool_call(ins[0], outs[0], "max", self.kernel, self.strides, self.dilations,
+                         self.pads, False)  # fmt: skip
+
 
 @register("AveragePool")
 class AveragePool(_Pool):

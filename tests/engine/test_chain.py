@@ -1,0 +1,66 @@
+"""Runs of compiled steps called as one compiled function (engine/chain.py): which steps are
+chained, numerics against onnxruntime call after call, and a kernel swapped after chaining."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import engine.autotune as autotune
+from engine import jit, load_model
+from engine.bench.nets import cifar_net
+from engine.chain import Chain
+from engine.conv import candidates
+from tests.engine.faults import break_conv, conv_names
+from tests.engine.reference import rel_error
+
+pytestmark = pytest.mark.skipif(not jit.available(), reason="numba missing: nothing to chain")
+
+
+def compiled_first(spec) -> str:
+    """The heuristic default replaced by a compiled kernel wherever one applies."""
+    names = candidates(spec)
+    for name in ("implicit_gemm_1t", "implicit_gemm"):
+        if name in names:
+            return name
+    return "im2col_gemm"
+
+
+@pytest.fixture
+def net(monkeypatch):
+    monkeypatch.setattr(autotune, "heuristic_default", compiled_first)
+    proto = cifar_net(seed=4)
+    return proto.SerializeToString(), ort.InferenceSession(proto.SerializeToString())
+
+
+def segments_of(model, n: int) -> list:
+    plan = model._plan((model.bucket_for(n), *model.input_shape))
+    return plan.lanes()[0]._segments
+
+
+def test_the_convs_and_pools_run_as_one_chain(net):
+    model_bytes, session = net
+    model = load_model(model_bytes, batch_sizes=(1, 4), autotune_mode="off")
+    assert segments_of(model, 1) is None  # built by the first call, from its buffers
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 4, 1, 4):  # fresh inputs each call: a chain must never keep stale data
+        x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+        assert rel_error(model(x), session.run(None, {"input": x})[0]) < 1e-4
+    for n in (1, 4):
+        chains = [s for s in segments_of(model, n) if isinstance(s, Chain)]
+        assert len(chains) == 1
+        ops = [type(step.op).__name__ for step in chains[0].steps]
+        assert ops.count("Conv") == 5 and ops.count("MaxPool") == 2
+
+
+def test_a_kernel_swapped_after_chaining_is_used(net):
+    """Swapping a conv's algorithm (here: a deliberately wrong one) rebuilds the chains."""
+    model_bytes, session = net
+    model = load_model(model_bytes, batch_sizes=(2,), autotune_mode="off")
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    expected = session.run(None, {"input": x})[0]
+    for _ in range(2):
+        assert rel_error(model(x), expected) < 1e-4
+    break_conv(model, conv_names(model)[2], shift=0.5)
+    assert rel_error(model(x), expected) > 1e-3
