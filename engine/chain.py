@@ -57,6 +57,10 @@ class Chain:
         self.steps = steps
         self.function = chain_function([kernel for kernel, _ in calls])
         self.args = tuple(args for _, args in calls)
+        # compiled (or loaded from the disk cache) now, during the plan's first call, not
+        # during the next one, which may be a client's request
+        numba = jit.compiler().numba
+        self.function.compile(tuple(numba.typeof(args) for args in self.args))
 
     def call(self) -> None:
         self.function(*self.args)
