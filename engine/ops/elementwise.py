@@ -134,6 +134,22 @@ class Binary(_Elementwise):
             self.ufunc(out, self.operand(index, ins), out=out)
         return outs
 
+    def compiled_call(self, ins, outs):
+        """A float32 Add of two same-shape, same-layout contiguous inputs on the CPU, so that
+        a residual Add joins the compiled steps around it (engine.chain)."""
+        out = outs[0]
+        layouts = self.ctx.in_layouts
+        if (self.ctx.node.op != "Add" or len(ins) != 2 or self.ctx.backend.device != "cpu"
+                or out.dtype != np.float32 or any(layout != self.output_layout()
+                                                  for layout in layouts)):  # fmt: skip
+            return None
+        if any(x.shape != out.shape or x.dtype != np.float32 or not x.flags.c_contiguous
+               for x in ins):  # fmt: skip
+            return None
+        from engine.backends.cpu_elementwise import add_call
+
+        return add_call(ins[0], ins[1], out)
+
 
 def binary_function(xp, op: str, dtype: np.dtype):
     """The NumPy-style function computing ``op`` into an output of ``dtype``."""

@@ -9,7 +9,7 @@ import pytest
 
 import engine.autotune as autotune
 from engine import jit, load_model
-from engine.bench.nets import cifar_net
+from engine.bench.nets import cifar_net, mobilenet
 from engine.chain import Chain
 from engine.conv import candidates
 from tests.engine.faults import break_conv, conv_names
@@ -21,6 +21,8 @@ pytestmark = pytest.mark.skipif(not jit.available(), reason="numba missing: noth
 def compiled_first(spec) -> str:
     """The heuristic default replaced by a compiled kernel wherever one applies."""
     names = candidates(spec)
+    if spec.is_depthwise:
+        return "depthwise_direct"  # compiled where numba is installed (native_depthwise)
     for name in ("implicit_gemm_1t", "implicit_gemm"):
         if name in names:
             return name
@@ -64,3 +66,19 @@ def test_a_kernel_swapped_after_chaining_is_used(net):
         assert rel_error(model(x), expected) < 1e-4
     break_conv(model, conv_names(model)[2], shift=0.5)
     assert rel_error(model(x), expected) > 1e-3
+
+
+def test_residual_adds_and_depthwise_convs_join_the_chain(monkeypatch):
+    monkeypatch.setattr(autotune, "heuristic_default", compiled_first)
+    proto = mobilenet(seed=2, size=32)
+    session = ort.InferenceSession(proto.SerializeToString())
+    model = load_model(proto.SerializeToString(), batch_sizes=(1, 4), autotune_mode="off")
+    rng = np.random.default_rng(3)
+    for n in (1, 4, 1, 3):
+        x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+        assert rel_error(model(x), session.run(None, {"input": x})[0]) < 1e-4
+    for n in (1, 4):
+        chains = [s for s in segments_of(model, n) if isinstance(s, Chain)]
+        ops = [(type(step.op).__name__, step.op.ctx.node.op) for c in chains for step in c.steps]
+        assert ("Binary", "Add") in ops and ("Conv", "Conv") in ops
+        assert len(chains) == 1  # stem to head: every step a compiled call
