@@ -14,8 +14,12 @@ once, from the plan's first call.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 
 from engine import jit
+
+log = logging.getLogger("engine.jit")
 
 #: bumped whenever a planned op's kernel changes after planning (``changed``): chains built
 #: before then are rebuilt
@@ -59,8 +63,9 @@ class Chain:
         self.args = tuple(args for _, args in calls)
         # compiled (or loaded from the disk cache) now, during the plan's first call, not
         # during the next one, which may be a client's request
-        numba = jit.compiler().numba
+        numba, started = jit.compiler().numba, time.perf_counter()
         self.function.compile(tuple(numba.typeof(args) for args in self.args))
+        log.info("chain of %d kernels ready in %.2f s", len(calls), time.perf_counter() - started)
 
     def call(self) -> None:
         self.function(*self.args)
