@@ -91,10 +91,6 @@ class Model:
             self._add_plan(shape, shapes, bind)
         return self.plans[shape]
 
-    @property
-    def arena(self) -> Arena:
-        return self.arenas[0]
-
     def _lanes_for(self, shapes: dict) -> int:
         """How many batch slices a plan for ``shapes`` runs as (engine.split): one per core on
         the CPU when the engine does the threading and the batch has an image per core."""

@@ -60,7 +60,6 @@ class Plan:
             self.inputs[info.name] = backend.zeros(shape_of(value), value.dtype)
         self._env = {**self.constants, **self.inputs}  # value name -> array, for execute
         self._segments: list | None = None  # steps and chains, after the first call
-        self._bound = False
         self._allocate()
 
     # planning -------------------------------------------------------------------------------
@@ -153,7 +152,7 @@ class Plan:
 
     def bind(self, arena: Arena) -> None:
         """Point every step's output buffers and scratch space into ``arena``."""
-        self._segments, self._bound = None, True
+        self._segments = None
         for step in self.steps:
             if step.op.allocates:
                 step.buffers = [self._view(arena.slots[self.assignment[n]], self.values[n])
@@ -199,7 +198,7 @@ class Plan:
             ins = [env[name] if name else None for name in step.inputs]
             outs = step.op.run(ins, step.buffers) if run_step is None else run_step(step, ins)
             env.update(zip(step.outputs, outs))
-        if run_step is None and self._bound and chain.available(self.backend):
+        if run_step is None and chain.available(self.backend):
             self._segments, self._generation = chain.segments(self), chain.generation()
         return [env[name] for name in self.outputs]
 

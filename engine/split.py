@@ -68,10 +68,6 @@ class SplitPlan:
     def lanes(self) -> list[Plan]:
         return self.parts
 
-    @property
-    def slot_bytes(self) -> list[int]:
-        return self.parts[0].slot_bytes
-
     def execute(self, run_step=None) -> list:
         """Every slice through every step, one slice per worker thread; ``run_step`` (a
         per-step hook: profiling, cross-check) runs the slices one after another instead."""

@@ -91,7 +91,11 @@ def worker_pool() -> ThreadPoolExecutor:
 
 
 def run_in_threads(fn, calls: list[tuple]) -> None:
-    """``fn(*call)`` for every call at once, the first on this thread, BLAS single-threaded."""
+    """``fn(*call)`` for every call at once, the first on this thread, BLAS single-threaded.
+    A single call just runs here (no pool, no change to BLAS's threads)."""
+    if len(calls) == 1:
+        fn(*calls[0])
+        return
     with single_threaded_blas:
         pending = [worker_pool().submit(fn, *call) for call in calls[1:]]
         fn(*calls[0])

@@ -102,10 +102,7 @@ class ImplicitGemm(ConvAlgorithm):
             if not self.pads_in_kernel:
                 pad_into(source, x, spec.pads)
         calls = [(x, source, out, part, g) for part, g in zip(self.parts, self.geometry)]
-        if len(calls) == 1:
-            self._part(*calls[0])
-        else:
-            run_in_threads(self._part, calls)
+        run_in_threads(self._part, calls)
 
     def _source(self, x, workspace):
         if not self.spec.has_padding:

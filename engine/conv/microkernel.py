@@ -87,11 +87,6 @@ def epilogue_bounds(epilogue) -> tuple[float, float, float] | None:
     }.get(kind)
 
 
-def store(target: str, value: str) -> str:
-    """The statement storing ``value`` with the fused activation."""
-    return f"{target} = min(max({value}, lo), hi) + slope * min({value}, Z)"
-
-
 def tile_call(pixels: int, pixel: str) -> str:
     """A call of the ``pixels``-wide register tile at output pixel ``pixel`` of row ``oh``."""
     return (

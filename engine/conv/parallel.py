@@ -60,16 +60,18 @@ class BatchParallel(ConvAlgorithm):
         run_in_threads(lambda algo, *args: algo(*args), calls)
 
 
+def _variant(wrapper: type[ConvAlgorithm], base: type[ConvAlgorithm], suffix: str, doc: str,
+             class_suffix: str):  # fmt: skip
+    """A ``wrapper`` subclass running ``base``, named ``<base><suffix>``."""
+    attrs = {"base": base, "name": f"{base.name}{suffix}", "math": base.math,
+             "tolerance": base.tolerance, "__doc__": f"{base.name} {doc}."}  # fmt: skip
+    return type(f"{base.__name__}{class_suffix}", (wrapper,), attrs)
+
+
 def parallel_variant(base: type[ConvAlgorithm]) -> type[BatchParallel]:
     """The batch-parallel algorithm built on ``base``, named ``<base>_parallel``."""
-    attrs = {
-        "base": base,
-        "name": f"{base.name}_parallel",
-        "math": base.math,
-        "tolerance": base.tolerance,
-        "__doc__": f"{base.name} on one slice of the batch per core.",
-    }
-    return type(f"{base.__name__}Parallel", (BatchParallel,), attrs)
+    return _variant(BatchParallel, base, "_parallel", "on one slice of the batch per core",
+                    "Parallel")  # fmt: skip
 
 
 class Im2colGemmBands(ConvAlgorithm):
@@ -151,11 +153,4 @@ class OnThisThread(ConvAlgorithm):
 
 def one_thread_variant(base: type[ConvAlgorithm]) -> type[OnThisThread]:
     """``base`` on the calling thread only, named ``<base>_1t``."""
-    attrs = {
-        "base": base,
-        "name": f"{base.name}_1t",
-        "math": base.math,
-        "tolerance": base.tolerance,
-        "__doc__": f"{base.name} on the calling thread only.",
-    }
-    return type(f"{base.__name__}OneThread", (OnThisThread,), attrs)
+    return _variant(OnThisThread, base, "_1t", "on the calling thread only", "OneThread")

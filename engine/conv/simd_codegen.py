@@ -58,6 +58,41 @@ class _Vectors:
                 b.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
 
 
+class Masked(_Vectors):
+    """Vector loads and stores of the first ``count`` lanes."""
+
+    def __init__(self, builder, lanes: int, count):
+        super().__init__(builder, lanes)
+        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        self.mask = builder.icmp_signed("<", lane, self.splat(count))
+
+    def _fn(self, name: str, ret, args):
+        suffix = f"v{self.lanes}f32.p0v{self.lanes}f32"
+        fnty = ir.FunctionType(ret, args)
+        return cgutils.get_or_insert_function(self.builder.module, fnty, f"{name}.{suffix}")
+
+    def mload(self, base, index):
+        ptr = self.pointer(base, index)
+        fn = self._fn("llvm.masked.load", self.type, [ptr.type, I32, self.mask.type, self.type])
+        return self.builder.call(fn, [ptr, ir.Constant(I32, 4), self.mask, self.zero])
+
+    def mstore(self, value, base, index):
+        ptr = self.pointer(base, index)
+        args = [self.type, ptr.type, I32, self.mask.type]
+        fn = self._fn("llvm.masked.store", ir.VoidType(), args)
+        self.builder.call(fn, [value, ptr, ir.Constant(I32, 4), self.mask])
+
+
+def array_pointers(context, builder, signature, args, positions) -> list:
+    """``args`` with each array argument at ``positions`` replaced by its data pointer."""
+    values = list(args)
+    for index in positions:
+        values[index] = context.make_array(signature.args[index])(
+            context, builder, args[index]
+        ).data
+    return values
+
+
 def _accumulate(vec: _Vectors, pixels: int, vectors: int, a, accs) -> None:
     """The R x S x C loop: accs[p][v] += x(p, r, s, c) * w(r, s, c, v)."""
     b = vec.builder
@@ -106,10 +141,7 @@ def make_conv_tile(pixels: int, vectors: int, lanes: int):
     """The intrinsic documented at ``engine.conv.simd.conv_tile``."""
 
     def codegen(context, builder, signature, args):
-        values = dict(zip(NAMES, args))
-        for index in ARRAYS:
-            array = context.make_array(signature.args[index])(context, builder, args[index])
-            values[NAMES[index]] = array.data
+        values = dict(zip(NAMES, array_pointers(context, builder, signature, args, ARRAYS)))
         vec = _Vectors(builder, lanes)
         accs = [[cgutils.alloca_once_value(builder, vec.zero) for _ in range(vectors)]
                 for _ in range(pixels)]  # fmt: skip
@@ -141,14 +173,10 @@ def make_depthwise_tile(pixels: int, lanes: int):
     and activation, only the first ``count`` channels."""
 
     def codegen(context, builder, signature, args):
-        from engine.conv.winograd_codegen import _Masked
-
-        a = dict(zip(DEPTHWISE_NAMES, args))
-        for name in ("x", "taps", "bias", "out"):
-            index = DEPTHWISE_NAMES.index(name)
-            a[name] = context.make_array(signature.args[index])(context, builder, args[index]).data
+        arrays = [DEPTHWISE_NAMES.index(name) for name in ("x", "taps", "bias", "out")]
+        a = dict(zip(DEPTHWISE_NAMES, array_pointers(context, builder, signature, args, arrays)))
         b = builder
-        vec = _Masked(b, lanes, a["count"])
+        vec = Masked(b, lanes, a["count"])
         accs = [cgutils.alloca_once_value(b, vec.mload(a["bias"], a["k"])) for _ in range(pixels)]
         with cgutils.for_range(b, a["R"]) as rows:
             xr = b.add(b.add(a["xb"], a["k"]), b.mul(rows.index, a["rstride"]))

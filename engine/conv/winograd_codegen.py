@@ -16,35 +16,13 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.conv.simd_codegen import I32, I64, _Vectors
+from engine.conv.simd_codegen import I64, Masked, array_pointers
 
 
-class _Masked(_Vectors):
-    """Vector loads and stores of the first ``count`` lanes."""
-
-    def __init__(self, builder, lanes: int, count):
-        super().__init__(builder, lanes)
-        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
-        self.mask = builder.icmp_signed("<", lane, self.splat(count))
-
-    def _fn(self, name: str, ret, args):
-        suffix = f"v{self.lanes}f32.p0v{self.lanes}f32"
-        fnty = ir.FunctionType(ret, args)
-        return cgutils.get_or_insert_function(self.builder.module, fnty, f"{name}.{suffix}")
-
-    def mload(self, base, index):
-        ptr = self.pointer(base, index)
-        fn = self._fn("llvm.masked.load", self.type, [ptr.type, I32, self.mask.type, self.type])
-        return self.builder.call(fn, [ptr, ir.Constant(I32, 4), self.mask, self.zero])
-
-    def mstore(self, value, base, index):
-        ptr = self.pointer(base, index)
-        args = [self.type, ptr.type, I32, self.mask.type]
-        fn = self._fn("llvm.masked.store", ir.VoidType(), args)
-        self.builder.call(fn, [value, ptr, ir.Constant(I32, 4), self.mask])
+class _Transform(Masked):
+    """Masked vectors plus written-out linear transforms with constant coefficients."""
 
     def combine(self, coefficients, values):
         """sum(c * v) with constant coefficients: zeros dropped, +-1 as adds/subtracts."""
@@ -72,15 +50,6 @@ class _Masked(_Vectors):
         return [[self.combine(matrix[j], left[i]) for j in range(rows)] for i in range(rows)]
 
 
-def _arrays(context, builder, signature, args, positions):
-    values = list(args)
-    for index in positions:
-        values[index] = context.make_array(signature.args[index])(
-            context, builder, args[index]
-        ).data
-    return values
-
-
 def input_tile(bt: np.ndarray, lanes: int):
     """Intrinsic ``(xp, base, row, C, v, vbase, vstride, c, count)``: tile value (i, j) of
     channels c.. is ``xp[base + i*row + j*C + c ...]``; (B^T d B)[i][j] goes to
@@ -88,10 +57,10 @@ def input_tile(bt: np.ndarray, lanes: int):
     a = bt.shape[0]
 
     def codegen(context, builder, signature, args):
-        xp, base, row, C, v, vbase, vstride, c, count = _arrays(
+        xp, base, row, C, v, vbase, vstride, c, count = array_pointers(
             context, builder, signature, args, (0, 4)
         )
-        vec = _Masked(builder, lanes, count)
+        vec = _Transform(builder, lanes, count)
         start = builder.add(base, c)
         d = [[vec.mload(xp, builder.add(start, builder.add(builder.mul(ir.Constant(I64, i), row),
                                                            builder.mul(ir.Constant(I64, j), C))))
@@ -119,9 +88,9 @@ def output_tile(at: np.ndarray, lanes: int):
     mm, a = at.shape
 
     def codegen(context, builder, signature, args):
-        values = _arrays(context, builder, signature, args, (0, 3, 6))
+        values = array_pointers(context, builder, signature, args, (0, 3, 6))
         m, mbase, mstride, bias, k, count, out, obase, row, K, rows, cols, lo, hi, slope = values
-        vec = _Masked(builder, lanes, count)
+        vec = _Transform(builder, lanes, count)
         start = builder.add(mbase, k)
         p = [[vec.mload(m, builder.add(start, builder.mul(ir.Constant(I64, i * a + j), mstride)))
               for j in range(a)] for i in range(a)]  # fmt: skip

@@ -124,10 +124,7 @@ class WinogradCompiled(ConvAlgorithm):
             pad_into(padded, x, self._pads())
         calls = [(x, padded, out, g, rest[i * scratch : (i + 1) * scratch])
                  for i, g in enumerate(self.geometry)]  # fmt: skip
-        if len(calls) == 1:
-            self._part(*calls[0])
-        else:
-            run_in_threads(self._part, calls)
+        run_in_threads(self._part, calls)
         if self.after and spec.n < spec.cores:  # (whole images: each thread did its own)
             self._activate(out)
 
