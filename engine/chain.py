@@ -9,6 +9,10 @@ compiled convs on one thread, the compiled pool) are therefore grouped, each run
 more into a generated numba function that calls their kernels in order: one GIL hand-off and
 one Python call per run. The buffers a plan binds never change, so the arguments are taken
 once, from the plan's first call.
+
+A plan below one image per core (engine/lanes.py) builds its runs as lane chains instead: each
+step split into phases of per-lane calls (``Op.lane_phases``), every lane running its share of
+a phase, with a spin barrier between phases.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 
 from engine import jit
 
@@ -39,19 +44,96 @@ def available(backend) -> bool:
     return backend.device == "cpu" and jit.available()
 
 
+def backend_lanes(backend) -> int:
+    """Lanes work on ``backend`` may split into (engine/lanes.py): 1 unless it is the CPU,
+    numba is there and there are cores to split across."""
+    if not available(backend):
+        return 1
+    from engine.lanes import lane_count
+
+    return lane_count()
+
+
+def lane_count(plan) -> int:
+    """Lanes a plan's chains split into: 1 (plain chains) for a plan of one batch slice
+    (engine/split.py, one thread per op)."""
+    return backend_lanes(plan.backend) if plan.threads == 0 else 1
+
+
+def _imports(kernels: list) -> list[str]:
+    return [f"from {k.py_func.__module__} import {k.py_func.__name__} as K{i}"
+            for i, k in enumerate(kernels)]  # fmt: skip
+
+
+def _load(prefix: str, lines: list[str]):
+    source = "\n".join([jit.MODULE_HEADER, *lines, ""])
+    key = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return jit.load_source(f"{prefix}_{key}", source)
+
+
 def chain_function(kernels: list):
     """A compiled ``chain(a0, a1, ...)`` calling ``kernels[i](*ai)`` in order."""
-    imports, calls = [], []
-    for index, kernel in enumerate(kernels):
-        module, name = kernel.py_func.__module__, kernel.py_func.__name__
-        imports.append(f"from {module} import {name} as K{index}")
-        calls.append(f"    K{index}(*a{index})")
+    calls = [f"    K{index}(*a{index})" for index in range(len(kernels))]
     params = ", ".join(f"a{i}" for i in range(len(kernels)))
-    source = "\n".join([jit.MODULE_HEADER, *imports, "", "",
-                        "@numba.njit(nogil=True, cache=True)", f"def chain({params}):",
-                        *calls, ""])  # fmt: skip
-    key = hashlib.sha256(source.encode()).hexdigest()[:12]
-    return jit.load_source(f"chain_{len(kernels)}_{key}", source).chain
+    lines = [*_imports(kernels), "", "", "@numba.njit(nogil=True, cache=True)",
+             f"def chain({params}):", *calls]  # fmt: skip
+    return _load(f"chain_{len(kernels)}", lines).chain
+
+
+#: engine/spin.py by content: numba's cache of a lane chain does not see changes to it
+SPIN_HASH = hashlib.sha256(Path(__file__).with_name("spin.py").read_bytes()).hexdigest()[:16]
+
+
+def lane_module(kernels: list, widths: list[int]):
+    """A module with ``lead(sync, lanes, p0, ...)`` and ``serve(ctrl, sync, lane, lanes, job,
+    spins, p0, ...)`` (engine/lanes.py) around ``body(sync, lane, lanes, p0, ...)``: phase i
+    calls ``kernels[i]`` with ``pi`` on lane 0 when ``widths[i]`` is 1, else with ``pi[lane]``
+    on lanes below ``widths[i]``. Lanes meet at a barrier after each phase that more than one
+    lane runs or that follows one, and at the end."""
+    lines = []
+    for index, width in enumerate(widths):
+        if index and (width > 1 or widths[index - 1] > 1):
+            lines.append("    barrier(sync, lane, lanes)")
+        if width == 1:
+            lines.append(f"    if lane == 0:\n        K{index}(*p{index})")
+        else:
+            lines.append(f"    if lane < {width}:\n        K{index}(*p{index}[lane])")
+    params = ", ".join(f"p{i}" for i in range(len(kernels)))
+    source = [
+        f"# spin {SPIN_HASH}",
+        "from engine.spin import GO, JOB, SLEEP, SPIN, STRIDE, barrier, load, store, swap",
+        *_imports(kernels),
+        "",
+        "",
+        "@numba.njit(nogil=True, cache=True)",
+        f"def body(sync, lane, lanes, {params}):",
+        *lines,
+        "    barrier(sync, lane, lanes)",
+        "",
+        "",
+        "@numba.njit(nogil=True, cache=True)",
+        f"def lead(sync, lanes, {params}):",
+        f"    body(sync, 0, lanes, {params})",
+        "",
+        "",
+        "@numba.njit(nogil=True, cache=True)",
+        f"def serve(ctrl, sync, lane, lanes, job, spins, {params}):",
+        "    at = lane * STRIDE",
+        "    idle = 0",
+        "    while True:",
+        "        state = load(ctrl, at)",
+        "        if state == GO:",
+        "            if load(ctrl, JOB) != job:",
+        "                return True  # another chain's job",
+        f"            body(sync, lane, lanes, {params})",
+        "            store(ctrl, at, SPIN)",
+        "            idle = 0",
+        "        elif idle < spins:",
+        "            idle += 1",
+        "        elif swap(ctrl, at, SPIN, SLEEP):",
+        "            return False",
+    ]
+    return _load(f"lanes_{len(kernels)}", source)
 
 
 class Chain:
@@ -71,25 +153,66 @@ class Chain:
         self.function(*self.args)
 
 
+class LaneChain:
+    """One run of steps split across the lanes (engine/lanes.py): ``call()`` does what their
+    ``op.run`` calls would, on every lane at once."""
+
+    def __init__(self, steps: list, phases: list[list[tuple]]):
+        from engine.lanes import lanes
+
+        self.steps, self.lanes = steps, lanes()
+        kernels = [calls[0][0] for calls in phases]
+        self.widths = [len(calls) for calls in phases]  # lanes that run each phase
+        module = lane_module(kernels, self.widths)
+        self.args = tuple(calls[0][1] if len(calls) == 1 else tuple(args for _, args in calls)
+                          for calls in phases)  # fmt: skip
+        numba, started = jit.compiler().numba, time.perf_counter()
+        types = tuple(numba.typeof(args) for args in self.args)
+        i64, array = numba.int64, numba.typeof(self.lanes.ctrl)
+        self.lead = module.lead
+        self.lead.compile((array, i64, *types))
+        self._serve = module.serve
+        self._serve.compile((array, array, i64, i64, i64, i64, *types))
+        self.job = self.lanes.register(self)
+        log.info("lane chain of %d phases ready in %.2f s", len(phases),
+                 time.perf_counter() - started)  # fmt: skip
+
+    def call(self) -> None:
+        self.lanes.run(self)
+
+    def lead_call(self, sync, lanes: int) -> None:
+        self.lead(sync, lanes, *self.args)
+
+    def serve(self, ctrl, sync, lane: int, lanes: int, spins: int) -> bool:
+        """Run posted jobs of this chain on ``lane`` until it sleeps (False) or another
+        chain's job is posted (True)."""
+        return self._serve(ctrl, sync, lane, lanes, self.job, spins, *self.args)
+
+
 def segments(plan) -> list:
-    """The plan's steps with each run of two or more chainable steps as one Chain, from the
-    value table of the plan's last call (``plan._env``)."""
+    """The plan's steps with each run of two or more chainable steps as one Chain (or, split
+    across lanes, one LaneChain), from the value table of the plan's last call
+    (``plan._env``)."""
     env, found, run = plan._env, [], []
+    lanes = lane_count(plan)
 
     def close() -> None:
-        if len(run) >= 2:
-            found.append(Chain([s for s, _ in run], [c for _, c in run]))
+        steps, phases = [s for s, _ in run], [calls for _, p in run for calls in p]
+        if any(len(calls) > 1 for calls in phases):
+            found.append(LaneChain(steps, phases))
+        elif len(phases) >= 2:  # one thread: the calls in order
+            found.append(Chain(steps, [calls[0] for calls in phases]))
         else:
-            found.extend(s for s, _ in run)
+            found.extend(steps)
         run.clear()
 
     for step in plan.steps:
         ins = [env[name] if name else None for name in step.inputs]
-        call = step.op.compiled_call(ins, step.buffers) if step.op.allocates else None
-        if call is None:
+        phases = step.op.lane_phases(ins, step.buffers, lanes) if step.op.allocates else None
+        if phases is None:
             close()
             found.append(step)
         else:
-            run.append((step, call))
+            run.append((step, phases))
     close()
     return found

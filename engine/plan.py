@@ -205,7 +205,7 @@ class Plan:
     def _run_segments(self) -> list:
         env = self._env
         for segment in self._segments:
-            if isinstance(segment, chain.Chain):
+            if isinstance(segment, chain.Chain | chain.LaneChain):
                 segment.call()  # its outputs are bound buffers, already in env
                 continue
             ins = [env[name] if name else None for name in segment.inputs]

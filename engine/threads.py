@@ -11,9 +11,11 @@ Two ways to use the cores (``load_model(cpu_threading=...)``):
   to one thread while they split the batch across the engine's workers. 10-25% faster for a
   process that does nothing but run the model (benchmarks, offline batch jobs).
 
-The numba-compiled conv algorithms (engine/jit.py) use the same pool under both policies: their
-kernels release the GIL and run through ``run_in_threads`` with BLAS held to one thread, and
-numba's own parallel regions are never used, so no second thread pool competes with BLAS's.
+The numba-compiled conv algorithms (engine/jit.py) use the same pool for batch slices under both
+policies: their kernels release the GIL and run through ``run_in_threads`` with BLAS held to one
+thread; numba's own parallel regions are never used. Below one image per core they split an
+image's rows across the lanes instead (engine/lanes.py: threads that wait in compiled code, and
+spin for 0.5 ms after a job, while no BLAS call runs).
 
 The autotune cache records the policy in its device fingerprint: winners timed under one are
 not reused under the other.

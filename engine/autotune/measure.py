@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine import lanes
 from engine.conv import ALGORITHMS, ConvSpec
 from engine.threads import cpu_cores, run_in_threads
 
@@ -88,6 +89,7 @@ class Trial:
         workspace = self.scratch.get(type(algo).workspace_elems(self.spec))
         if self.evict is not None:
             self.evict()
+            lanes.wake()  # spinning, as between the steps of a forward pass (engine/lanes.py)
         with self.backend.compute_scope():  # as the forward pass will run it
             start = self.backend.now()
             algo(self.x, self.out, workspace)

@@ -67,6 +67,31 @@ class ConvAlgorithm:
         this thread, or None (see engine.chain)."""
         return None
 
+    def lane_phases(self, x, out, workspace, lanes: int):
+        """``self(x, out, workspace)`` as phases of per-lane compiled calls (``Op.lane_phases``),
+        or None; by default the whole ``compiled_call`` on lane 0."""
+        call = self.compiled_call(x, out, workspace)
+        return None if call is None else [[call]]
+
+    def run_in_lanes(self, x, out, workspace) -> bool:
+        """``self(x, out, workspace)`` split across the lanes (engine/lanes.py) when they split
+        it, as in a plan's chain, so that the tuner times it as it will run; False (nothing
+        done) where they do not. The lane chain is kept for the last buffers used."""
+        from engine import chain
+
+        lanes = chain.backend_lanes(self.backend)
+        if lanes < 2:
+            return False
+        key = (x.ctypes.data, out.ctypes.data, workspace.ctypes.data, workspace.size)
+        kept = self.__dict__.get("_lane_chain")
+        if kept is None or kept[0] != key:
+            phases = self.lane_phases(x, out, workspace, lanes)
+            if phases is None or all(len(calls) == 1 for calls in phases):
+                return False
+            kept = self._lane_chain = (key, chain.LaneChain([], phases))
+        kept[1].call()
+        return True
+
     def finish(self, out2d) -> None:
         """Bias and activation, in place on the (rows, K) GEMM output."""
         self.backend.epilogue(out2d, self.bias, self.spec.epilogue)

@@ -16,6 +16,7 @@ import numpy as np
 from engine import jit
 from engine.activations import apply_activation
 from engine.backends.base import pad_into
+from engine.backends.cpu_pad import pad_calls
 from engine.conv.base import ConvAlgorithm
 from engine.conv.microkernel import conv_source, epilogue_bounds
 from engine.conv.simd import tile_shape, vector_shape
@@ -95,6 +96,8 @@ class ImplicitGemm(ConvAlgorithm):
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec
+        if len(self.parts) > 1 and self.run_in_lanes(x, out, workspace):
+            return
         source = x
         if spec.has_padding:
             ph, pw = spec.padded_hw
@@ -114,6 +117,18 @@ class ImplicitGemm(ConvAlgorithm):
         if len(self.parts) != 1 or self.after:
             return None
         return self.kernel, self._args(x, self._source(x, workspace), out, self.geometry[0])
+
+    def lane_phases(self, x, out, workspace, lanes):
+        if self.after or len(self.parts) > lanes:
+            return None
+        if len(self.parts) == 1:
+            return super().lane_phases(x, out, workspace, lanes)
+        source = self._source(x, workspace)
+        convs = [(self.kernel, self._args(x, source, out, g)) for g in self.geometry]
+        if not self.spec.has_padding or self.pads_in_kernel:
+            return [convs]
+        padded = source.reshape(self.spec.n, *self.spec.padded_hw, self.spec.c)
+        return [pad_calls(x, padded, *self.spec.pads[:2], lanes), convs]
 
     def _args(self, x, source, out, geometry) -> tuple:
         return (x.reshape(-1), source.reshape(-1), self.weights.reshape(-1), self.bias_padded,

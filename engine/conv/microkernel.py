@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from engine.backends.cpu_pad import ROWS_SOURCE
 from engine.jit import MODULE_HEADER
 
 #: the register tile's code generator, by content (see the module docstring)
@@ -45,27 +46,14 @@ SIGNATURE = (
 #: ``pad_images``: NHWC images N0..N1 of ``x`` (H x W) into the middle of ``xp`` (HP x WP),
 #: zeros around; one pass, inside the kernel's GIL-free call (NumPy's pad is five calls, each a
 #: GIL hand-off when two batch slices run at once)
-PAD_SOURCE = """
+PAD_SOURCE = (
+    ROWS_SOURCE
+    + """
 @numba.njit(inline="always", **JIT)
 def pad_images(x, xp, N0, N1, H, W, C, HP, WP, TOP, LEFT):
-    Z = np.float32(0.0)
-    for n in range(N0, N1):
-        for hp in range(HP):
-            row = (n * HP + hp) * WP * C
-            h = hp - TOP
-            if h < 0 or h >= H:
-                for i in range(WP * C):
-                    xp[U(row + i)] = Z
-                continue
-            for i in range(LEFT * C):
-                xp[U(row + i)] = Z
-            src = (n * H + h) * W * C
-            dst = row + LEFT * C
-            for i in range(W * C):
-                xp[U(dst + i)] = x[U(src + i)]
-            for i in range((LEFT + W) * C, WP * C):
-                xp[U(row + i)] = Z
+    pad_rows(x, xp, N0 * HP, N1 * HP, H, W, C, HP, WP, TOP, LEFT)
 """
+)
 #: the largest float32: "unbounded" without infinities (the kernels assume none: ``ninf``)
 FLOAT32_MAX = 3.4028234e38
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from engine import lanes
 from engine.conv.base import ConvAlgorithm, gemm_weights
 from engine.conv.im2col_gemm import Im2colGemm, im2col_then_gemm
 from engine.conv.im2col_gemm_chunked import Chunk, band_chunk
@@ -134,7 +135,11 @@ class OnThisThread(ConvAlgorithm):
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:
-        return spec.n < spec.cores and cls.base.applicable(_one_thread(spec))
+        """Only where the base cannot split across lanes (engine/lanes.py), which hand off
+        without the GIL: there the base splits as cheaply and runs faster."""
+        if spec.n >= spec.cores or (spec.threads != 1 and lanes.available()):
+            return False
+        return cls.base.applicable(_one_thread(spec))
 
     @classmethod
     def workspace_elems(cls, spec: ConvSpec) -> int:

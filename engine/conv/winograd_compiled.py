@@ -10,6 +10,7 @@ import numpy as np
 from engine import jit
 from engine.activations import apply_activation
 from engine.backends.base import pad_into
+from engine.backends.cpu_pad import pad_calls
 from engine.conv.base import ConvAlgorithm
 from engine.conv.microkernel import epilogue_bounds
 from engine.conv.simd import tile_shape, vector_shape
@@ -116,6 +117,8 @@ class WinogradCompiled(ConvAlgorithm):
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec
+        if len(self.geometry) > 1 and self.run_in_lanes(x, out, workspace):
+            return
         shape = self.padded_shape(spec)
         padded = workspace[: int(np.prod(shape))].reshape(shape)
         scratch = self.scratch_elems(spec)
@@ -144,6 +147,21 @@ class WinogradCompiled(ConvAlgorithm):
         padded = workspace[: int(np.prod(self.padded_shape(self.spec)))]
         scratch = workspace[padded.size : padded.size + self.scratch_elems(self.spec)]
         return self.kernel, self._args(x, padded, out, self.geometry[0], scratch)
+
+    def lane_phases(self, x, out, workspace, lanes):
+        spec = self.spec
+        if self.after or len(self.geometry) > lanes:
+            return None
+        shape = self.padded_shape(spec)
+        padded = workspace[: int(np.prod(shape))]
+        scratch = self.scratch_elems(spec)
+        rest = workspace[padded.size :]
+        calls = [(self.kernel, self._args(x, padded, out, g, rest[i * scratch : (i + 1) * scratch]))
+                 for i, g in enumerate(self.geometry)]  # fmt: skip
+        if spec.n >= spec.cores:  # each lane pads its own images
+            return [calls]
+        top, left, _, _ = self._pads()
+        return [pad_calls(x, padded.reshape(shape), top, left, lanes), calls]
 
     def _args(self, x, padded, out, geometry, scratch) -> tuple:
         v = scratch[: self.positions() * self.chunk(self.spec) * self.spec.c]

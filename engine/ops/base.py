@@ -141,6 +141,13 @@ class Op:
         these same buffers on every call, or None; see engine.chain."""
         return None
 
+    def lane_phases(self, ins: list, outs: list, lanes: int):
+        """``run(ins, outs)`` as phases of (compiled kernel, arguments) per lane, run in order
+        with every lane's share of a phase done before the next starts (engine/lanes.py), or
+        None. By default the whole op on lane 0: ``[[compiled_call]]``."""
+        call = self.compiled_call(ins, outs)
+        return None if call is None else [[call]]
+
 
 class LayoutConvert(Op):
     """A planned copy between NCHW and NHWC storage, inserted where layouts meet."""

@@ -64,6 +64,11 @@ class Conv(Op):
         call = getattr(self.algorithm, "compiled_call", None)  # (a wrapper may not have one)
         return None if call is None else call(ins[0], outs[0], self.workspace.view(np.float32))
 
+    def lane_phases(self, ins, outs, lanes):
+        phases = getattr(self.algorithm, "lane_phases", None)  # (a wrapper may not have one)
+        workspace = self.workspace.view(np.float32)
+        return None if phases is None else phases(ins[0], outs[0], workspace, lanes)
+
     def _fall_back(self, error) -> bool:
         """After an out-of-memory failure, switch for good to the tuner's runner-up that fits
         the planned workspace (no re-tuning); False when it was another error or none fits."""

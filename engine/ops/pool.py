@@ -166,7 +166,25 @@ class GlobalPool(Op):
         self.axes = (1, 2) if self.layout_out == NHWC else tuple(range(2, len(shape)))
         self.reduce = self.xp.mean if ctx.node.op == "GlobalAveragePool" else self.xp.max
         self.set_output(shape[:2] + (1,) * (len(shape) - 2), ctx.in_dtypes[0], self.layout_out)
+        # NHWC float32 on the CPU: the compiled pool with one window over the whole image
+        # (NumPy's mean over two axes took 30-50 us of a 0.4 ms batch-1 pass here)
+        native = ctx.backend.device == "cpu" and ctx.backend.native_pool
+        self.native = native and self.layout_out == NHWC and ctx.in_dtypes[0] == np.float32
 
     def run(self, ins, outs):
-        self.reduce(ins[0], axis=self.axes, keepdims=True, out=outs[0])
+        if self.native:
+            kernel, args = self.compiled_call(ins, outs)
+            kernel(*args)
+        else:
+            self.reduce(ins[0], axis=self.axes, keepdims=True, out=outs[0])
         return outs
+
+    def compiled_call(self, ins, outs):
+        if not self.native:
+            return None
+        from engine.backends.cpu_pool import pool_call
+
+        ctx = self.ctx
+        kind = "average" if ctx.node.op == "GlobalAveragePool" else "max"
+        return pool_call(ins[0], outs[0], kind, ins[0].shape[1:3], (1, 1), (1, 1), (0, 0, 0, 0),
+                         False)  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.conv import ALGORITHMS, ConvSpec, Epilogue
+from engine.conv import ALGORITHMS, ConvSpec, Epilogue, candidates
 from tests.engine.reference import conv2d_nchw
 
 EPILOGUES = (
@@ -93,3 +93,15 @@ def run_algorithm(name: str, spec: ConvSpec, x, weight, bias, backend) -> np.nda
     out = xp.full((spec.n, spec.out_h, spec.out_w, spec.k), np.nan, np.float32)
     algo(backend.asarray(x), out, workspace)
     return backend.to_host(out)
+
+
+def compiled_first(spec) -> str:
+    """A heuristic default (``engine.autotune.heuristic_default``) that picks a compiled kernel
+    wherever one applies, so that untuned models run chains (engine/chain.py)."""
+    names = candidates(spec)
+    if spec.is_depthwise:
+        return "depthwise_direct"  # compiled where numba is installed (native_depthwise)
+    for name in ("implicit_gemm_1t", "implicit_gemm"):  # (no _1t where lanes split the base)
+        if name in names:
+            return name
+    return "im2col_gemm"

@@ -8,25 +8,14 @@ import onnxruntime as ort
 import pytest
 
 import engine.autotune as autotune
-from engine import jit, load_model
+from engine import jit, lanes, load_model
 from engine.bench.nets import cifar_net, mobilenet
-from engine.chain import Chain
-from engine.conv import candidates
+from engine.chain import Chain, LaneChain
+from tests.engine.conv_cases import compiled_first
 from tests.engine.faults import break_conv, conv_names
 from tests.engine.reference import rel_error
 
 pytestmark = pytest.mark.skipif(not jit.available(), reason="numba missing: nothing to chain")
-
-
-def compiled_first(spec) -> str:
-    """The heuristic default replaced by a compiled kernel wherever one applies."""
-    names = candidates(spec)
-    if spec.is_depthwise:
-        return "depthwise_direct"  # compiled where numba is installed (native_depthwise)
-    for name in ("implicit_gemm_1t", "implicit_gemm"):
-        if name in names:
-            return name
-    return "im2col_gemm"
 
 
 @pytest.fixture
@@ -41,6 +30,10 @@ def segments_of(model, n: int) -> list:
     return plan.lanes()[0]._segments
 
 
+def chains_of(model, n: int) -> list:
+    return [s for s in segments_of(model, n) if isinstance(s, Chain | LaneChain)]
+
+
 def test_the_convs_and_pools_run_as_one_chain(net):
     model_bytes, session = net
     model = load_model(model_bytes, batch_sizes=(1, 4), autotune_mode="off")
@@ -50,10 +43,13 @@ def test_the_convs_and_pools_run_as_one_chain(net):
         x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
         assert rel_error(model(x), session.run(None, {"input": x})[0]) < 1e-4
     for n in (1, 4):
-        chains = [s for s in segments_of(model, n) if isinstance(s, Chain)]
+        chains = [s for s in segments_of(model, n) if isinstance(s, Chain | LaneChain)]
         assert len(chains) == 1
         ops = [type(step.op).__name__ for step in chains[0].steps]
         assert ops.count("Conv") == 5 and ops.count("MaxPool") == 2
+        assert ops.count("GlobalPool") == 1
+    # below one image per core the run is split across the lanes (engine/lanes.py)
+    assert isinstance(chains_of(model, 1)[0], LaneChain) == lanes.available()
 
 
 def test_a_kernel_swapped_after_chaining_is_used(net):
@@ -78,7 +74,7 @@ def test_residual_adds_and_depthwise_convs_join_the_chain(monkeypatch):
         x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
         assert rel_error(model(x), session.run(None, {"input": x})[0]) < 1e-4
     for n in (1, 4):
-        chains = [s for s in segments_of(model, n) if isinstance(s, Chain)]
+        chains = chains_of(model, n)
         ops = [(type(step.op).__name__, step.op.ctx.node.op) for c in chains for step in c.steps]
         assert ("Binary", "Add") in ops and ("Conv", "Conv") in ops
         assert len(chains) == 1  # stem to head: every step a compiled call

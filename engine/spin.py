@@ -1,0 +1,121 @@
+"""What threads running compiled code use to meet without the GIL (engine/lanes.py): atomic
+int64 loads, stores and compare-and-swap on array elements, a barrier, and the post of a job to
+spinning or sleeping lane threads.
+
+The spin loops re-read their word without the CPU's spin-wait hint (x86 ``pause``): under a
+hypervisor with pause-loop exiting (KVM's default on Intel) a vCPU that pauses in a loop for a
+few microseconds is descheduled, and the lane it runs answers tens of microseconds to
+milliseconds late. Measured here (2 vCPUs): a barrier round trip 30-40 us with ``pause``,
+about 1 us without.
+
+Imports numba, so only engine/lanes.py and the generated lane-chain modules import it, after
+``engine.jit`` has configured numba.
+"""
+
+from __future__ import annotations
+
+import numba
+from numba import types
+from numba.extending import intrinsic
+
+#: int64 elements per cache line: each lane's word on a line of its own
+STRIDE = 8
+#: a lane thread's state word: in Python, waiting for a wake-up (SLEEP); spinning in compiled
+#: code for a job (SPIN); a job is posted for it (GO)
+SLEEP, SPIN, GO = 0, 1, 2
+#: the control array's word naming the posted job (lane 0 is the caller: no state word)
+JOB = 0
+_INT64_ARRAY = types.Array(types.int64, 1, "C")
+
+
+def _pointer(context, builder, array_type, array, index, index_type):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+
+
+def _check(array) -> None:
+    if array != _INT64_ARRAY:
+        raise numba.core.errors.TypingError("expected a contiguous 1-D int64 array")
+
+
+@intrinsic
+def load(typingctx, array, index):
+    """``array[index]``, read atomically (sequentially consistent)."""
+    _check(array)
+
+    def codegen(context, builder, signature, args):
+        ptr = _pointer(context, builder, array, args[0], args[1], index)
+        return builder.load_atomic(ptr, "seq_cst", 8)
+
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def store(typingctx, array, index, value):
+    """``array[index] = value``, written atomically (sequentially consistent)."""
+    _check(array)
+
+    def codegen(context, builder, signature, args):
+        ptr = _pointer(context, builder, array, args[0], args[1], index)
+        word = context.cast(builder, args[2], value, types.int64)
+        builder.store_atomic(word, ptr, "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return types.void(array, index, value), codegen
+
+
+@intrinsic
+def swap(typingctx, array, index, expected, new):
+    """Compare-and-swap: ``array[index] = new`` if it holds ``expected``; True if it did."""
+    _check(array)
+
+    def codegen(context, builder, signature, args):
+        ptr = _pointer(context, builder, array, args[0], args[1], index)
+        old = context.cast(builder, args[2], expected, types.int64)
+        word = context.cast(builder, args[3], new, types.int64)
+        pair = builder.cmpxchg(ptr, old, word, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return types.boolean(array, index, expected, new), codegen
+
+
+@numba.njit(inline="always", nogil=True)
+def barrier(sync, lane, lanes):
+    """Wait until every lane has reached as many barriers as this one. Each lane counts its
+    own barriers in its word of ``sync``; counts only grow, so no reset is needed."""
+    mine = load(sync, lane * STRIDE) + 1
+    store(sync, lane * STRIDE, mine)
+    for other in range(lanes):
+        while load(sync, other * STRIDE) < mine:
+            pass
+
+
+@numba.njit(nogil=True, cache=True)
+def post(ctrl, lanes, job, woken):
+    """Post ``job`` to lanes 1..lanes-1: a spinning lane takes it from its state word; a
+    sleeping one gets GO and ``woken[lane] = 1`` (the caller then wakes its thread). A lane
+    still finishing the last job (GO) is waited for. Returns how many were sleeping."""
+    store(ctrl, JOB, job)
+    sleeping = 0
+    for lane in range(1, lanes):
+        at = lane * STRIDE
+        woken[lane] = 0
+        while True:
+            state = load(ctrl, at)
+            if state == SLEEP:  # only the poster moves a lane out of SLEEP
+                store(ctrl, at, GO)
+                woken[lane] = 1
+                sleeping += 1
+                break
+            if state == SPIN and swap(ctrl, at, SPIN, GO):
+                break
+    return sleeping
+
+
+@numba.njit(nogil=True, cache=True)
+def spin(word, count):
+    """``count`` atomic reads of ``word[0]``, as a spinning lane makes (to time one)."""
+    total = 0
+    for _ in range(count):
+        total += load(word, 0)
+    return total

@@ -1,0 +1,118 @@
+"""Compiled steps split across lanes without the GIL (engine/lanes.py, engine/spin.py): the
+atomics, the split padding, a batch-1 pass against onnxruntime across the lanes' sleep and
+wake-up, and two models' passes from two threads at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import engine.autotune as autotune
+from engine import jit, lanes, load_model
+from engine.backends.base import pad_into
+from engine.bench.nets import cifar_net, mobilenet
+from engine.chain import LaneChain
+from tests.engine.conv_cases import compiled_first
+from tests.engine.reference import rel_error
+
+pytestmark = pytest.mark.skipif(not lanes.available(), reason="lanes need numba and 2 cores")
+
+
+def test_atomics_load_store_and_swap():
+    numba = jit.compiler().numba
+    from engine import spin
+
+    @numba.njit
+    def exercise(word):
+        spin.store(word, 3, 7)
+        first = spin.swap(word, 3, 6, 9)  # holds 7, not 6: no swap
+        second = spin.swap(word, 3, 7, 11)
+        return spin.load(word, 3), first, second
+
+    word = np.zeros(8, np.int64)
+    assert exercise(word) == (11, False, True)
+    assert word.tolist() == [0, 0, 0, 11, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("shape,pads", [((1, 5, 7, 3), (1, 2)), ((3, 4, 4, 16), (0, 1))])
+@pytest.mark.parametrize("parts", [1, 2, 3, 50])
+def test_pad_rows_split_into_bands_matches_pad_into(shape, pads, parts):
+    from engine.backends.cpu_pad import pad_calls
+
+    rng = np.random.default_rng(parts)
+    x = rng.standard_normal(shape).astype(np.float32)
+    n, h, w, c = shape
+    top, left = pads
+    padded = np.full((n, h + top + 2, w + left + 1, c), np.nan, np.float32)
+    calls = pad_calls(x, padded, top, left, parts)
+    assert len(calls) == min(parts, n * padded.shape[1])
+    for kernel, args in calls:
+        kernel(*args)
+    expected = np.empty_like(padded)
+    pad_into(expected, x, (top, left, 2, 1))
+    assert np.array_equal(padded, expected)
+
+
+@pytest.fixture
+def cifar(monkeypatch):
+    monkeypatch.setattr(autotune, "heuristic_default", compiled_first)
+    proto = cifar_net(seed=6)
+    return proto.SerializeToString(), ort.InferenceSession(proto.SerializeToString())
+
+
+def lane_chains(model) -> list:
+    plan = model._plan((1, *model.input_shape))
+    return [s for s in plan._segments if isinstance(s, LaneChain)]
+
+
+def test_a_batch_1_pass_runs_across_the_lanes_and_survives_their_sleep(cifar):
+    model_bytes, session = cifar
+    model = load_model(model_bytes, batch_sizes=(1, 4), autotune_mode="off")
+    rng = np.random.default_rng(0)
+    for call in range(12):
+        x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+        assert rel_error(model(x), session.run(None, {"input": x})[0]) < 1e-4
+        if call % 3 == 2:  # long enough for the lane threads to stop spinning and sleep
+            time.sleep(20 * lanes.SPIN_S)
+            states = lanes.lanes().ctrl[lanes.lanes().spin.STRIDE :: lanes.lanes().spin.STRIDE]
+            assert (states == lanes.lanes().spin.SLEEP).all()
+    (chain,) = lane_chains(model)
+    assert max(chain.widths) == lanes.lane_count()  # the convs: one share per lane
+
+
+def test_two_models_from_two_threads_at_once(cifar):
+    """Each thread's passes take turns on the lanes; no output is mixed up or lost."""
+    model_bytes, session = cifar
+    other = mobilenet(seed=3, size=32)
+    other_session = ort.InferenceSession(other.SerializeToString())
+    models = [load_model(proto, batch_sizes=(1,), autotune_mode="off")
+              for proto in (model_bytes, other.SerializeToString())]  # fmt: skip
+    sessions = [session, other_session]
+    for model in models:  # plans and chains built before the threads start
+        model(np.zeros((1, 3, 32, 32), np.float32))
+        model(np.zeros((1, 3, 32, 32), np.float32))
+    errors, failures = [[], []], []
+
+    def work(index: int) -> None:
+        rng = np.random.default_rng(index)
+        try:
+            for _ in range(60):
+                x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+                expected = sessions[index].run(None, {"input": x})[0]
+                errors[index].append(rel_error(models[index](x), expected))
+        except Exception as error:  # reported below: a thread's exception is otherwise lost
+            failures.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures and not any(thread.is_alive() for thread in threads)
+    assert len(errors[0]) == len(errors[1]) == 60
+    assert max(errors[0] + errors[1]) < 1e-4
+    assert lane_chains(models[0]) and lane_chains(models[1])
