@@ -22,6 +22,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from engine import jit
 
 log = logging.getLogger("engine.jit")
@@ -84,40 +86,66 @@ def chain_function(kernels: list):
 SPIN_HASH = hashlib.sha256(Path(__file__).with_name("spin.py").read_bytes()).hexdigest()[:16]
 
 
-def lane_module(kernels: list, widths: list[int]):
-    """A module with ``lead(sync, lanes, p0, ...)`` and ``serve(ctrl, sync, lane, lanes, job,
-    spins, p0, ...)`` (engine/lanes.py) around ``body(sync, lane, lanes, p0, ...)``: phase i
-    calls ``kernels[i]`` with ``pi`` on lane 0 when ``widths[i]`` is 1, else with ``pi[lane]``
-    on lanes below ``widths[i]``. Lanes meet at a barrier after each phase that more than one
-    lane runs or that follows one, and at the end."""
-    lines = []
-    for index, width in enumerate(widths):
+def arg_kinds(args: tuple) -> str:
+    """One letter per kernel argument: f (float32 array), i (int64 array), s (float32 scalar):
+    the kinds a lane chain passes by address (every compiled kernel's arguments are these)."""
+    kinds = ""
+    for arg in args:
+        if isinstance(arg, np.float32):
+            kinds += "s"
+        elif isinstance(arg, np.ndarray) and arg.ndim == 1 and arg.flags.c_contiguous:
+            kinds += {np.dtype(np.float32): "f", np.dtype(np.int64): "i"}[arg.dtype]
+        else:
+            raise TypeError(f"a lane chain cannot pass {type(arg).__name__} arguments")
+    return kinds
+
+
+def lane_module(kernels: list, widths: list[int], kinds: list[str]):
+    """A module with ``lead(sync, lanes, A, N, S)`` and ``serve(ctrl, sync, lane, lanes, job,
+    spins, A, N, S)`` (engine/lanes.py) around ``body(sync, lane, lanes, A, N, S)``: phase i
+    calls ``kernels[i]`` on lane 0 when ``widths[i]`` is 1, else on each lane below
+    ``widths[i]``, with arguments of ``kinds[i]`` (``arg_kinds``) taken from the tables of
+    array addresses ``A``, their lengths ``N`` and scalars ``S``, lane after lane, phase after
+    phase (``LaneChain``). One argument per table entry instead of hundreds of tuples: a call
+    of the CIFAR net's chain with its arguments as tuples spent 22 us in numba's dispatch.
+    Lanes meet at a barrier after each phase that more than one lane runs or that follows one,
+    and at the end."""
+    lines, arrays, scalars = [], 0, 0
+    for index, (width, kind) in enumerate(zip(widths, kinds)):
         if index and (width > 1 or widths[index - 1] > 1):
             lines.append("    barrier(sync, lane, lanes)")
-        if width == 1:
-            lines.append(f"    if lane == 0:\n        K{index}(*p{index})")
-        else:
-            lines.append(f"    if lane < {width}:\n        K{index}(*p{index}[lane])")
-    params = ", ".join(f"p{i}" for i in range(len(kernels)))
+        per_array, per_scalar = len(kind) - kind.count("s"), kind.count("s")
+        who = "lane" if width > 1 else "0"
+        a, q, exprs = f"{arrays} + {per_array} * {who}", f"{scalars} + {per_scalar} * {who}", []
+        for letter in kind:
+            if letter == "s":
+                exprs.append(f"S[{q} + {sum(e.startswith('S') for e in exprs)}]")
+            else:
+                slot = f"{a} + {sum(not e.startswith('S') for e in exprs)}"
+                exprs.append(f"numba.carray({letter}_at(A[{slot}]), N[{slot}])")
+        lines.append(f"    if lane {'<' if width > 1 else '=='} {width if width > 1 else 0}:")
+        lines.append(f"        K{index}({', '.join(exprs)})")
+        arrays, scalars = arrays + per_array * width, scalars + per_scalar * width
     source = [
         f"# spin {SPIN_HASH}",
         "from engine.spin import GO, JOB, SLEEP, SPIN, STRIDE, barrier, load, store, swap",
+        "from engine.spin import f32_at as f_at, i64_at as i_at",
         *_imports(kernels),
         "",
         "",
         "@numba.njit(nogil=True, cache=True)",
-        f"def body(sync, lane, lanes, {params}):",
+        "def body(sync, lane, lanes, A, N, S):",
         *lines,
         "    barrier(sync, lane, lanes)",
         "",
         "",
         "@numba.njit(nogil=True, cache=True)",
-        f"def lead(sync, lanes, {params}):",
-        f"    body(sync, 0, lanes, {params})",
+        "def lead(sync, lanes, A, N, S):",
+        "    body(sync, 0, lanes, A, N, S)",
         "",
         "",
         "@numba.njit(nogil=True, cache=True)",
-        f"def serve(ctrl, sync, lane, lanes, job, spins, {params}):",
+        "def serve(ctrl, sync, lane, lanes, job, spins, A, N, S):",
         "    at = lane * STRIDE",
         "    idle = 0",
         "    while True:",
@@ -125,7 +153,7 @@ def lane_module(kernels: list, widths: list[int]):
         "        if state == GO:",
         "            if load(ctrl, JOB) != job:",
         "                return True  # another chain's job",
-        f"            body(sync, lane, lanes, {params})",
+        "            body(sync, lane, lanes, A, N, S)",
         "            store(ctrl, at, SPIN)",
         "            idle = 0",
         "        elif idle < spins:",
@@ -163,16 +191,24 @@ class LaneChain:
         self.steps, self.lanes = steps, lanes()
         kernels = [calls[0][0] for calls in phases]
         self.widths = [len(calls) for calls in phases]  # lanes that run each phase
-        module = lane_module(kernels, self.widths)
-        self.args = tuple(calls[0][1] if len(calls) == 1 else tuple(args for _, args in calls)
-                          for calls in phases)  # fmt: skip
+        kinds = [arg_kinds(calls[0][1]) for calls in phases]
+        module = lane_module(kernels, self.widths, kinds)
+        # the tables the body reads its arguments from, lane after lane, phase after phase;
+        # ``self.args`` keeps the arrays they point into alive
+        self.args = [args for calls in phases for _, args in calls]
+        arrays = [a for args in self.args for a in args if isinstance(a, np.ndarray)]
+        self.addresses = np.array([a.ctypes.data for a in arrays], np.int64)
+        self.sizes = np.array([a.size for a in arrays], np.int64)
+        self.scalars = np.array([a for args in self.args for a in args
+                                 if isinstance(a, np.float32)], np.float32)  # fmt: skip
+        self.tables = (self.addresses, self.sizes, self.scalars)
         numba, started = jit.compiler().numba, time.perf_counter()
-        types = tuple(numba.typeof(args) for args in self.args)
-        i64, array = numba.int64, numba.typeof(self.lanes.ctrl)
+        i64, words = numba.int64, numba.typeof(self.lanes.ctrl)
+        types = tuple(numba.typeof(table) for table in self.tables)
         self.lead = module.lead
-        self.lead.compile((array, i64, *types))
+        self.lead.compile((words, i64, *types))
         self._serve = module.serve
-        self._serve.compile((array, array, i64, i64, i64, i64, *types))
+        self._serve.compile((words, words, i64, i64, i64, i64, *types))
         self.job = self.lanes.register(self)
         log.info("lane chain of %d phases ready in %.2f s", len(phases),
                  time.perf_counter() - started)  # fmt: skip
@@ -181,12 +217,12 @@ class LaneChain:
         self.lanes.run(self)
 
     def lead_call(self, sync, lanes: int) -> None:
-        self.lead(sync, lanes, *self.args)
+        self.lead(sync, lanes, *self.tables)
 
     def serve(self, ctrl, sync, lane: int, lanes: int, spins: int) -> bool:
         """Run posted jobs of this chain on ``lane`` until it sleeps (False) or another
         chain's job is posted (True)."""
-        return self._serve(ctrl, sync, lane, lanes, self.job, spins, *self.args)
+        return self._serve(ctrl, sync, lane, lanes, self.job, spins, *self.tables)
 
 
 def segments(plan) -> list:

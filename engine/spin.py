@@ -79,6 +79,28 @@ def swap(typingctx, array, index, expected, new):
     return types.boolean(array, index, expected, new), codegen
 
 
+@intrinsic
+def f32_at(typingctx, address):
+    """The float32 pointer at integer ``address`` (for ``numba.carray``)."""
+    pointer = types.CPointer(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(address), codegen
+
+
+@intrinsic
+def i64_at(typingctx, address):
+    """The int64 pointer at integer ``address`` (for ``numba.carray``)."""
+    pointer = types.CPointer(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(address), codegen
+
+
 @numba.njit(inline="always", nogil=True)
 def barrier(sync, lane, lanes):
     """Wait until every lane has reached as many barriers as this one. Each lane counts its
