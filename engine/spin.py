@@ -79,26 +79,24 @@ def swap(typingctx, array, index, expected, new):
     return types.boolean(array, index, expected, new), codegen
 
 
-@intrinsic
-def f32_at(typingctx, address):
-    """The float32 pointer at integer ``address`` (for ``numba.carray``)."""
-    pointer = types.CPointer(types.float32)
+def _pointer_to(dtype, name: str):
+    """An intrinsic ``name(address)``: the ``dtype`` pointer at an integer address (for
+    ``numba.carray``)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(pointer))
+    def typer(typingctx, address):
+        pointer = types.CPointer(dtype)
 
-    return pointer(address), codegen
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+        return pointer(address), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
 
 
-@intrinsic
-def i64_at(typingctx, address):
-    """The int64 pointer at integer ``address`` (for ``numba.carray``)."""
-    pointer = types.CPointer(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(pointer))
-
-    return pointer(address), codegen
+f32_at = _pointer_to(types.float32, "f32_at")
+i64_at = _pointer_to(types.int64, "i64_at")
 
 
 @numba.njit(inline="always", nogil=True)
