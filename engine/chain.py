@@ -101,21 +101,25 @@ def arg_kinds(args: tuple) -> str:
 
 
 def lane_module(kernels: list, widths: list[int], kinds: list[str]):
-    """A module with ``lead(sync, lanes, A, N, S)`` and ``serve(ctrl, sync, lane, lanes, job,
-    spins, A, N, S)`` (engine/lanes.py) around ``body(sync, lane, lanes, A, N, S)``: phase i
-    calls ``kernels[i]`` on lane 0 when ``widths[i]`` is 1, else on each lane below
-    ``widths[i]``, with arguments of ``kinds[i]`` (``arg_kinds``) taken from the tables of
-    array addresses ``A``, their lengths ``N`` and scalars ``S``, lane after lane, phase after
-    phase (``LaneChain``). One argument per table entry instead of hundreds of tuples: a call
-    of the CIFAR net's chain with its arguments as tuples spent 22 us in numba's dispatch.
-    Lanes meet at a barrier after each phase that more than one lane runs or that follows one,
-    and at the end."""
+    """A module with ``run(ctrl, sync, lane, parts, job, A, N, S)``: on lane 0 (the engine's
+    thread, ``lead``) the job's body once with ``parts`` lanes; on the others (``serve``,
+    engine/lanes.py) the body of every job of this chain posted to it, until it has spun
+    ``ctrl[SPINS]`` turns for nothing (returns False: it sleeps) or another chain's job is
+    posted (True). In the body, phase i calls ``kernels[i]`` once on rank 0 when ``widths[i]``
+    is 1, else once per share 0..widths[i]-1, shares dealt round-robin to the job's lanes (all
+    on rank 0 when it runs alone). Arguments of ``kinds[i]`` (``arg_kinds``) come from the
+    tables of array addresses ``A``, their lengths ``N`` and scalars ``S``, share after share,
+    phase after phase (``LaneChain``): one argument per table instead of hundreds of tuples
+    (numba's dispatch of the CIFAR net's chain as tuples took 22 us a call). Lanes meet at a
+    barrier after each phase that more than one share runs or that follows one, and at the
+    end. One function with the body written once: numba compiles every caller of a kernel
+    with the kernel's code, so each extra function costs another compile."""
     lines, arrays, scalars = [], 0, 0
     for index, (width, kind) in enumerate(zip(widths, kinds)):
         if index and (width > 1 or widths[index - 1] > 1):
-            lines.append("    barrier(sync, lane, lanes)")
+            lines.append("        barrier(sync, rank, parts)")
         per_array, per_scalar = len(kind) - kind.count("s"), kind.count("s")
-        who = "lane" if width > 1 else "0"
+        who = "share" if width > 1 else "0"
         a, q, exprs = f"{arrays} + {per_array} * {who}", f"{scalars} + {per_scalar} * {who}", []
         for letter in kind:
             if letter == "s":
@@ -123,43 +127,46 @@ def lane_module(kernels: list, widths: list[int], kinds: list[str]):
             else:
                 slot = f"{a} + {sum(not e.startswith('S') for e in exprs)}"
                 exprs.append(f"numba.carray({letter}_at(A[{slot}]), N[{slot}])")
-        lines.append(f"    if lane {'<' if width > 1 else '=='} {width if width > 1 else 0}:")
-        lines.append(f"        K{index}({', '.join(exprs)})")
+        head = f"for share in range(rank, {width}, parts):" if width > 1 else "if rank == 0:"
+        lines += [f"        {head}", f"            K{index}({', '.join(exprs)})"]
         arrays, scalars = arrays + per_array * width, scalars + per_scalar * width
     source = [
         f"# spin {SPIN_HASH}",
-        "from engine.spin import GO, JOB, SLEEP, SPIN, STRIDE, barrier, load, store, swap",
+        "from engine.spin import GO, JOB, PARTS, SLEEP, SPIN, SPINS, STRIDE, WAKING",
+        "from engine.spin import barrier, load, store, swap",
         "from engine.spin import f32_at as f_at, i64_at as i_at",
         *_imports(kernels),
         "",
         "",
         "@numba.njit(nogil=True, cache=True)",
-        "def body(sync, lane, lanes, A, N, S):",
-        *lines,
-        "    barrier(sync, lane, lanes)",
-        "",
-        "",
-        "@numba.njit(nogil=True, cache=True)",
-        "def lead(sync, lanes, A, N, S):",
-        "    body(sync, 0, lanes, A, N, S)",
-        "",
-        "",
-        "@numba.njit(nogil=True, cache=True)",
-        "def serve(ctrl, sync, lane, lanes, job, spins, A, N, S):",
+        "def run(ctrl, sync, lane, parts, job, A, N, S):",
         "    at = lane * STRIDE",
+        "    if lane:",
+        "        swap(ctrl, at, WAKING, SPIN)  # woken by a post: spinning from now on",
+        "    rank = 0",
         "    idle = 0",
         "    while True:",
-        "        state = load(ctrl, at)",
-        "        if state == GO:",
-        "            if load(ctrl, JOB) != job:",
-        "                return True  # another chain's job",
-        "            body(sync, lane, lanes, A, N, S)",
-        "            store(ctrl, at, SPIN)",
-        "            idle = 0",
-        "        elif idle < spins:",
-        "            idle += 1",
-        "        elif swap(ctrl, at, SPIN, SLEEP):",
+        "        if lane:",
+        "            state = load(ctrl, at)",
+        "            if state == GO:",
+        "                if load(ctrl, JOB) != job:",
+        "                    return True  # another chain's job",
+        "                rank, parts = load(ctrl, at + 1), load(ctrl, PARTS)",
+        "            elif state != SPIN:  # being given a job (CLAIMED)",
+        "                continue",
+        "            elif idle < load(ctrl, SPINS):",
+        "                idle += 1",
+        "                continue",
+        "            elif swap(ctrl, at, SPIN, SLEEP):",
+        "                return False",
+        "            else:",
+        "                continue",
+        *lines,
+        "        barrier(sync, rank, parts)",
+        "        if not lane:",
         "            return False",
+        "        store(ctrl, at, SPIN)",
+        "        idle = 0",
     ]
     return _load(f"lanes_{len(kernels)}", source)
 
@@ -205,10 +212,8 @@ class LaneChain:
         numba, started = jit.compiler().numba, time.perf_counter()
         i64, words = numba.int64, numba.typeof(self.lanes.ctrl)
         types = tuple(numba.typeof(table) for table in self.tables)
-        self.lead = module.lead
-        self.lead.compile((words, i64, *types))
-        self._serve = module.serve
-        self._serve.compile((words, words, i64, i64, i64, i64, *types))
+        self.function = module.run
+        self.function.compile((words, words, i64, i64, i64, *types))
         self.job = self.lanes.register(self)
         log.info("lane chain of %d phases ready in %.2f s", len(phases),
                  time.perf_counter() - started)  # fmt: skip
@@ -216,13 +221,16 @@ class LaneChain:
     def call(self) -> None:
         self.lanes.run(self)
 
-    def lead_call(self, sync, lanes: int) -> None:
-        self.lead(sync, lanes, *self.tables)
+    def lead(self, parts: int) -> None:
+        """The body on this thread as rank 0 of ``parts`` lanes."""
+        lanes = self.lanes
+        self.function(lanes.ctrl, lanes.sync, 0, parts, self.job, *self.tables)
 
-    def serve(self, ctrl, sync, lane: int, lanes: int, spins: int) -> bool:
+    def serve(self, lane: int) -> bool:
         """Run posted jobs of this chain on ``lane`` until it sleeps (False) or another
         chain's job is posted (True)."""
-        return self._serve(ctrl, sync, lane, lanes, self.job, spins, *self.tables)
+        lanes = self.lanes
+        return self.function(lanes.ctrl, lanes.sync, lane, 0, self.job, *self.tables)
 
 
 def segments(plan) -> list:

@@ -4,24 +4,30 @@ Below one image per core (batch 1: latency) a plan has no batch to split (engine
 each conv's output rows are split across the cores instead. Handing each layer's halves to a
 Python worker costs a thread wake-up and a GIL hand-off (0.1-0.2 ms measured here) per layer,
 more than a small layer gains. Lanes do it without Python: a run of compiled steps
-(engine/chain.py) is generated as one ``body(sync, lane, lanes, ...)`` that every lane runs at
-once, each its share of every step (``Op.lane_phases``), meeting at a spin barrier between
-steps (engine/spin.py). Lane 0 is the engine's own thread; lanes 1.. are this module's
-threads, which wait in compiled code (``serve``), spinning for the next job for up to
-``SPIN_S``, then in Python on an Event, where they cost nothing. The engine's thread posts a
-job in compiled code too (``spin.post``) and wakes only lanes that went to sleep.
+(engine/chain.py) is generated as one function whose body every lane of a job runs at once,
+each its shares of every step (``Op.lane_phases``), meeting at a spin barrier between steps
+(engine/spin.py). Lane 0 is the engine's own thread; lanes 1.. are this module's threads,
+which wait in compiled code (``LaneChain.serve``), spinning for the next job for up to
+``SPIN_S``, then in Python on an Event, where they cost nothing.
 
-State per lane thread (``ctrl[lane * STRIDE]``): SLEEP -> GO (posted, thread woken) -> SPIN
-(done, spinning) -> GO (posted to a spinning lane) ... -> SLEEP (spun for SPIN_S, nothing came:
-the lane itself swaps SPIN for SLEEP, so a post never slips past it). ``ctrl[JOB]`` names the
-posted chain; a lane spinning in another chain's ``serve`` returns to Python to switch.
+A pass never waits for a thread's wake-up: the engine's thread posts a job (``spin.post``) to
+the lanes spinning at that moment only, and deals the shares round-robin to them and itself
+(alone, it runs every share in order). A sleeping lane is woken for the next pass instead. So
+a lone request after a pause runs on one core as before lanes; back-to-back passes, as under
+load or in a burst, run on every core.
 
-Only under ``cpu_threading="engine"`` (BLAS on the calling thread: no second spinning pool),
-and on at most ``MAX_LANES`` cores.
+State per lane thread (``ctrl[lane * STRIDE]``): SLEEP -> WAKING (a post found it asleep; its
+thread is woken) -> SPIN (back in compiled code) -> CLAIMED -> GO (a post gives it a job and
+its rank) -> SPIN (done) ... -> SLEEP (spun for SPIN_S, nothing came: the lane itself swaps
+SPIN for SLEEP, so a post never slips past it). ``ctrl[JOB]`` names the posted chain; a lane
+spinning in another chain's ``serve`` returns to Python to switch.
+
+On at most ``MAX_LANES`` cores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -69,6 +75,7 @@ class Lanes:
         self.chains: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self.ids = itertools.count(1)
         self.spins = self._spins_for(SPIN_S)
+        self.ctrl[spin.SPINS] = self.spins
         self._idle = None  # the chain of no steps (``wake``)
         for lane in range(1, lanes):
             threading.Thread(target=self._work, args=(lane,), name=f"lane-{lane}",
@@ -90,21 +97,43 @@ class Lanes:
         return job
 
     def run(self, chain) -> None:
-        """``chain``'s body on every lane, this thread as lane 0; returns when all are done."""
+        """``chain``'s body on this thread (rank 0) and the lanes spinning now; returns when
+        all are done. Sleeping lanes are woken for the next call."""
         with self.lock:
-            if self.spin.post(self.ctrl, self.count, chain.job, self.woken):
-                for lane in np.flatnonzero(self.woken):
+            self.idle()  # compiled before any lane can need it
+            parts = self.spin.post(self.ctrl, self.sync, self.count, chain.job, self.woken)
+            if self.woken[0]:
+                for lane in np.flatnonzero(self.woken[1:]) + 1:
                     self.events[lane].set()
-            chain.lead_call(self.sync, self.count)
+            chain.lead(parts)
 
-    def wake(self) -> None:
-        """Have every lane thread spinning now (for SPIN_S), as they are between the steps of a
-        forward pass: the tuner calls this before it times a step alone."""
+    def idle(self):
+        """The chain of no steps: what a woken lane serves until a job comes."""
         if self._idle is None:
             from engine.chain import LaneChain
 
             self._idle = LaneChain([], [])
-        self.run(self._idle)
+        return self._idle
+
+    @contextlib.contextmanager
+    def held(self, timeout_s: float = 0.1):
+        """Every lane thread spinning throughout, as between the passes of a busy engine: the
+        tuner times a conv alone in this, with caches evicted between runs (which takes
+        longer than SPIN_S)."""
+        self.ctrl[self.spin.SPINS] = 1 << 62
+        try:
+            if self._sleeping():
+                self.run(self.idle())  # finds them asleep: wakes them
+            deadline = time.perf_counter() + timeout_s
+            while self._sleeping() and time.perf_counter() < deadline:
+                time.sleep(0)
+            yield
+        finally:
+            self.ctrl[self.spin.SPINS] = self.spins
+
+    def _sleeping(self) -> bool:
+        states = self.ctrl[self.spin.STRIDE :: self.spin.STRIDE]
+        return bool((states != self.spin.SPIN).any())
 
     def _work(self, lane: int) -> None:
         """A lane thread: sleep until woken, then serve posted jobs until idle for SPIN_S."""
@@ -114,11 +143,8 @@ class Lanes:
             event.clear()
             switching = True
             while switching:  # a job for another chain: serve that one
-                chain = self.chains.get(int(self.ctrl[self.spin.JOB]))
-                if chain is None:  # cannot happen while its poster waits for this lane
-                    log.error("lane %d: posted job %d is gone", lane, self.ctrl[0])
-                    break
-                switching = chain.serve(self.ctrl, self.sync, lane, self.count, self.spins)
+                chain = self.chains.get(int(self.ctrl[self.spin.JOB])) or self._idle
+                switching = chain.serve(lane)
 
 
 @functools.cache
@@ -127,7 +153,6 @@ def lanes() -> Lanes:
     return Lanes(lane_count())
 
 
-def wake() -> None:
-    """``Lanes.wake`` where the lane threads have started (else there is nothing to wake)."""
-    if lanes.cache_info().currsize:
-        lanes().wake()
+def held():
+    """``Lanes.held`` where this process has lanes, else a context that does nothing."""
+    return lanes().held() if available() else contextlib.nullcontext()

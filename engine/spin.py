@@ -1,6 +1,6 @@
 """What threads running compiled code use to meet without the GIL (engine/lanes.py): atomic
 int64 loads, stores and compare-and-swap on array elements, a barrier, and the post of a job to
-spinning or sleeping lane threads.
+the spinning lane threads.
 
 The spin loops re-read their word without the CPU's spin-wait hint (x86 ``pause``): under a
 hypervisor with pause-loop exiting (KVM's default on Intel) a vCPU that pauses in a loop for a
@@ -20,11 +20,13 @@ from numba.extending import intrinsic
 
 #: int64 elements per cache line: each lane's word on a line of its own
 STRIDE = 8
-#: a lane thread's state word: in Python, waiting for a wake-up (SLEEP); spinning in compiled
-#: code for a job (SPIN); a job is posted for it (GO)
-SLEEP, SPIN, GO = 0, 1, 2
-#: the control array's word naming the posted job (lane 0 is the caller: no state word)
-JOB = 0
+#: a lane thread's state word: in Python, waiting for a wake-up (SLEEP); woken by a post, not
+#: yet back in compiled code (WAKING); spinning in compiled code for a job (SPIN); being given
+#: a job (CLAIMED); given one (GO). Its next word is its rank in that job.
+SLEEP, WAKING, SPIN, CLAIMED, GO = 0, 1, 2, 3, 4
+#: the control array's words naming the posted job, how many lanes run it, and how many turns
+#: an idle lane spins before it sleeps (lane 0 is the caller: no state word)
+JOB, PARTS, SPINS = 0, 1, 2
 _INT64_ARRAY = types.Array(types.int64, 1, "C")
 
 
@@ -100,36 +102,50 @@ i64_at = _pointer_to(types.int64, "i64_at")
 
 
 @numba.njit(inline="always", nogil=True)
-def barrier(sync, lane, lanes):
-    """Wait until every lane has reached as many barriers as this one. Each lane counts its
-    own barriers in its word of ``sync``; counts only grow, so no reset is needed."""
-    mine = load(sync, lane * STRIDE) + 1
-    store(sync, lane * STRIDE, mine)
-    for other in range(lanes):
+def barrier(sync, rank, parts):
+    """Wait until each of the job's ``parts`` lanes has reached as many barriers as this one.
+    Each counts its barriers in its rank's word of ``sync`` (from 0: ``post``)."""
+    mine = load(sync, rank * STRIDE) + 1
+    store(sync, rank * STRIDE, mine)
+    for other in range(parts):
         while load(sync, other * STRIDE) < mine:
             pass
 
 
 @numba.njit(nogil=True, cache=True)
-def post(ctrl, lanes, job, woken):
-    """Post ``job`` to lanes 1..lanes-1: a spinning lane takes it from its state word; a
-    sleeping one gets GO and ``woken[lane] = 1`` (the caller then wakes its thread). A lane
-    still finishing the last job (GO) is waited for. Returns how many were sleeping."""
+def post(ctrl, sync, lanes, job, woken):
+    """Post ``job`` to the lanes spinning now, ranked 1, 2, ... after the caller (rank 0), and
+    return how many lanes run it. A sleeping lane does not wait for its thread's wake-up:
+    it is marked WAKING and ``woken[lane] = 1`` (the caller then wakes the thread, which spins
+    for the next post); ``woken[0]`` counts them. A lane still finishing the last job (GO) is
+    waited for. The barrier counts of this job's ranks start from 0: every lane of the last
+    job has left its body (its state is no longer GO)."""
     store(ctrl, JOB, job)
-    sleeping = 0
+    woken[0] = 0
+    parts = 1
     for lane in range(1, lanes):
         at = lane * STRIDE
         woken[lane] = 0
         while True:
             state = load(ctrl, at)
             if state == SLEEP:  # only the poster moves a lane out of SLEEP
-                store(ctrl, at, GO)
+                store(ctrl, at, WAKING)
                 woken[lane] = 1
-                sleeping += 1
+                woken[0] += 1
                 break
-            if state == SPIN and swap(ctrl, at, SPIN, GO):
+            if state == WAKING:
                 break
-    return sleeping
+            if state == SPIN and swap(ctrl, at, SPIN, CLAIMED):
+                store(ctrl, at + 1, parts)
+                parts += 1
+                break
+    store(ctrl, PARTS, parts)
+    for rank in range(parts):
+        store(sync, rank * STRIDE, 0)
+    for lane in range(1, lanes):
+        if load(ctrl, lane * STRIDE) == CLAIMED:
+            store(ctrl, lane * STRIDE, GO)
+    return parts
 
 
 @numba.njit(nogil=True, cache=True)

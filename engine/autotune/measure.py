@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -53,6 +54,12 @@ def measure(backend, spec: ConvSpec, weight, bias, names, budget_s: float, max_r
     that raises, or whose output differs from the reference by more than its precision
     allows, is scored ``inf``.
     """
+    # on the CPU, the lane threads spin throughout, as between the passes of a busy engine
+    with lanes.held() if backend.device == "cpu" else contextlib.nullcontext():
+        return _measure(backend, spec, weight, bias, names, budget_s, max_repeats)
+
+
+def _measure(backend, spec: ConvSpec, weight, bias, names, budget_s: float, max_repeats: int):
     trial = Trial(backend, spec)
     ready, warm_s = trial.warm_up(names, weight, bias)
     timed = dict(ready)
@@ -89,7 +96,6 @@ class Trial:
         workspace = self.scratch.get(type(algo).workspace_elems(self.spec))
         if self.evict is not None:
             self.evict()
-            lanes.wake()  # spinning, as between the steps of a forward pass (engine/lanes.py)
         with self.backend.compute_scope():  # as the forward pass will run it
             start = self.backend.now()
             algo(self.x, self.out, workspace)
