@@ -126,20 +126,24 @@ def _one_thread(spec: ConvSpec) -> ConvSpec:
 
 
 class OnThisThread(ConvAlgorithm):
-    """``base``, which splits an image's rows across the cores, run on the calling thread only:
-    at batch 1 a thread hand-off (0.1-0.2 ms measured here) can cost more than a small layer
-    gains from a second core; the tuner times both. Subclasses set ``base``."""
+    """``base``, which splits an image's rows across the cores, run on the calling thread only
+    (in a lane chain, one share on lane 0): a small layer can gain less from a second core than
+    the hand-off costs, and a step the tuner gives to BLAS instead would break the plan's
+    compiled chain; the tuner times both. Subclasses set ``base``."""
 
     base: ClassVar[type[ConvAlgorithm]]
     devices = ("cpu",)
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:
-        """Only where the base cannot split across lanes (engine/lanes.py), which hand off
-        without the GIL: there the base splits as cheaply and runs faster."""
-        if spec.n >= spec.cores or (spec.threads != 1 and lanes.available()):
+        """Where lanes (engine/lanes.py) split the base, only for 1x1 convs. The tuner times a
+        layer alone with the caches evicted, which favours one thread at batch 1 (CIFAR-style
+        net: 0.71x onnxruntime with ``*_1t`` offered for every layer, 1.01-1.08x without);
+        but a 1x1 conv on a small map, split, loses to a BLAS GEMM that breaks the plan's
+        chain (MobileNet-style net: 1.9 ms per pass against 1.3)."""
+        if spec.n >= spec.cores or not cls.base.applicable(_one_thread(spec)):
             return False
-        return cls.base.applicable(_one_thread(spec))
+        return (spec.r, spec.s) == (1, 1) or spec.threads == 1 or not lanes.available()
 
     @classmethod
     def workspace_elems(cls, spec: ConvSpec) -> int:

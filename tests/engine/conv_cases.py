@@ -95,13 +95,19 @@ def run_algorithm(name: str, spec: ConvSpec, x, weight, bias, backend) -> np.nda
     return backend.to_host(out)
 
 
-def compiled_first(spec) -> str:
+def compiled_first(spec, order=("implicit_gemm_1t", "implicit_gemm")) -> str:
     """A heuristic default (``engine.autotune.heuristic_default``) that picks a compiled kernel
-    wherever one applies, so that untuned models run chains (engine/chain.py)."""
+    wherever one applies, the first of ``order``, so that untuned models run chains
+    (engine/chain.py)."""
     names = candidates(spec)
     if spec.is_depthwise:
         return "depthwise_direct"  # compiled where numba is installed (native_depthwise)
-    for name in ("implicit_gemm_1t", "implicit_gemm"):  # (no _1t where lanes split the base)
+    for name in order:
         if name in names:
             return name
     return "im2col_gemm"
+
+
+def split_first(spec) -> str:
+    """``compiled_first``, preferring the kernels that split across lanes (engine/lanes.py)."""
+    return compiled_first(spec, ("implicit_gemm", "implicit_gemm_1t"))

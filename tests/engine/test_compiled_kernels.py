@@ -49,7 +49,7 @@ SHAPES = (
 @pytest.mark.parametrize("name", COMPILED + ONE_THREAD)
 @pytest.mark.parametrize("index", range(len(SHAPES)))
 def test_compiled_matches_float64(monkeypatch, name, index):
-    if name in ONE_THREAD:  # offered only where lanes cannot split the base (engine/lanes.py)
+    if name in ONE_THREAD:  # where lanes split the base, offered for 1x1 convs only
         monkeypatch.setattr(lanes, "available", lambda: False)
     spec = make_spec(SHAPES[index], EPILOGUES[index % len(EPILOGUES)])
     if name not in candidates(spec):

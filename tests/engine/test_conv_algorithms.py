@@ -60,8 +60,9 @@ def test_grid_covers_every_algorithm():
     expected = set(FP32) - {"im2col_gemm_chunked", "im2col_gemm_chunked_parallel"}
     if cpu_cores() < 2:
         expected = {name for name in expected if not name.endswith("_parallel")}
-    if lanes.available():  # *_1t: only where lanes cannot split (test_compiled_kernels.py)
+    if lanes.available():  # *_1t for 1x1 convs only: every shape in test_compiled_kernels.py
         expected = {name for name in expected if not name.endswith("_1t")}
+        expected |= {name for name, _ in GRID if name.endswith("_1t")}
     assert {name for name, _ in GRID} == expected
 
 
@@ -124,7 +125,7 @@ ALLOCATION_SHAPES = {
 @pytest.mark.parametrize("name", FP32)
 def test_steady_state_allocates_nothing(monkeypatch, name):
     """After the first call, a call allocates no array (only NumPy's small copy buffers)."""
-    if name.endswith("_1t"):  # offered only where lanes cannot split the base
+    if name.endswith("_1t"):  # where lanes split the base, offered for 1x1 convs only
         monkeypatch.setattr(lanes, "available", lambda: False)
     shape = (4, 32, 64, 64, 64, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1)
     shape = ALLOCATION_SHAPES.get(name.removesuffix("_parallel"), shape)

@@ -16,7 +16,7 @@ from engine import jit, lanes, load_model
 from engine.backends.base import pad_into
 from engine.bench.nets import cifar_net, mobilenet
 from engine.chain import LaneChain
-from tests.engine.conv_cases import compiled_first
+from tests.engine.conv_cases import split_first
 from tests.engine.reference import rel_error
 
 pytestmark = pytest.mark.skipif(not lanes.available(), reason="lanes need numba and 2 cores")
@@ -59,7 +59,7 @@ def test_pad_rows_split_into_bands_matches_pad_into(shape, pads, parts):
 
 @pytest.fixture
 def cifar(monkeypatch):
-    monkeypatch.setattr(autotune, "heuristic_default", compiled_first)
+    monkeypatch.setattr(autotune, "heuristic_default", split_first)
     proto = cifar_net(seed=6)
     return proto.SerializeToString(), ort.InferenceSession(proto.SerializeToString())
 
