@@ -116,15 +116,17 @@ class Lanes:
         return self._idle
 
     @contextlib.contextmanager
-    def held(self, timeout_s: float = 0.1):
-        """Every lane thread spinning throughout, as between the passes of a busy engine: the
-        tuner times a conv alone in this, with caches evicted between runs (which takes
-        longer than SPIN_S)."""
+    def held(self, wait_s: float = 0.0):
+        """The lane threads spinning throughout (woken now if asleep; waited for up to
+        ``wait_s``): a forward pass runs in this, so that lanes do not fall asleep during
+        its steps outside the lane chains (a ResNet-18's BLAS layers take longer than
+        SPIN_S), and the tuner times a conv alone in it with ``wait_s``, as between the
+        passes of a busy engine (its cache evictions take longer than SPIN_S too)."""
         self.ctrl[self.spin.SPINS] = 1 << 62
         try:
             if self._sleeping():
                 self.run(self.idle())  # finds them asleep: wakes them
-            deadline = time.perf_counter() + timeout_s
+            deadline = time.perf_counter() + wait_s
             while self._sleeping() and time.perf_counter() < deadline:
                 time.sleep(0)
             yield
@@ -153,6 +155,6 @@ def lanes() -> Lanes:
     return Lanes(lane_count())
 
 
-def held():
+def held(wait_s: float = 0.1):
     """``Lanes.held`` where this process has lanes, else a context that does nothing."""
-    return lanes().held() if available() else contextlib.nullcontext()
+    return lanes().held(wait_s) if available() else contextlib.nullcontext()

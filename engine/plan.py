@@ -60,6 +60,7 @@ class Plan:
             self.inputs[info.name] = backend.zeros(shape_of(value), value.dtype)
         self._env = {**self.constants, **self.inputs}  # value name -> array, for execute
         self._segments: list | None = None  # steps and chains, after the first call
+        self._lanes = None  # held through a pass with several lane chains (engine/lanes.py)
         self._allocate()
 
     # planning -------------------------------------------------------------------------------
@@ -200,9 +201,17 @@ class Plan:
             env.update(zip(step.outputs, outs))
         if run_step is None and chain.available(self.backend):
             self._segments, self._generation = chain.segments(self), chain.generation()
+            lane_chains = [s for s in self._segments if isinstance(s, chain.LaneChain)]
+            self._lanes = lane_chains[0].lanes if len(lane_chains) > 1 else None
         return [env[name] for name in self.outputs]
 
     def _run_segments(self) -> list:
+        if self._lanes is None:
+            return self._run_chains()
+        with self._lanes.held():  # lanes awake through the steps between lane chains
+            return self._run_chains()
+
+    def _run_chains(self) -> list:
         env = self._env
         for segment in self._segments:
             if isinstance(segment, chain.Chain | chain.LaneChain):
