@@ -14,8 +14,9 @@ Two ways to use the cores (``load_model(cpu_threading=...)``):
 The numba-compiled conv algorithms (engine/jit.py) use the same pool for batch slices under both
 policies: their kernels release the GIL and run through ``run_in_threads`` with BLAS held to one
 thread; numba's own parallel regions are never used. Below one image per core they split an
-image's rows across the lanes instead (engine/lanes.py: threads that wait in compiled code, and
-spin for 0.5 ms after a job, while no BLAS call runs).
+image's rows across the lanes instead (engine/lanes.py: threads that wait in compiled code and
+spin for 0.5 ms after a job, or through a pass with several lane chains, while BLAS runs on
+the engine's thread only).
 
 The autotune cache records the policy in its device fingerprint: winners timed under one are
 not reused under the other.
