@@ -120,13 +120,15 @@ def lane_module(kernels: list, widths: list[int], kinds: list[str]):
             lines.append("        barrier(sync, rank, parts)")
         per_array, per_scalar = len(kind) - kind.count("s"), kind.count("s")
         who = "share" if width > 1 else "0"
-        a, q, exprs = f"{arrays} + {per_array} * {who}", f"{scalars} + {per_scalar} * {who}", []
+        exprs, seen = [], {"s": 0, "a": 0}  # scalars and arrays of this call so far
         for letter in kind:
             if letter == "s":
-                exprs.append(f"S[{q} + {sum(e.startswith('S') for e in exprs)}]")
+                exprs.append(f"S[{scalars} + {per_scalar} * {who} + {seen['s']}]")
+                seen["s"] += 1
             else:
-                slot = f"{a} + {sum(not e.startswith('S') for e in exprs)}"
+                slot = f"{arrays} + {per_array} * {who} + {seen['a']}"
                 exprs.append(f"numba.carray({letter}_at(A[{slot}]), N[{slot}])")
+                seen["a"] += 1
         head = f"for share in range(rank, {width}, parts):" if width > 1 else "if rank == 0:"
         lines += [f"        {head}", f"            K{index}({', '.join(exprs)})"]
         arrays, scalars = arrays + per_array * width, scalars + per_scalar * width

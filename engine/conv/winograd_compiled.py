@@ -119,17 +119,21 @@ class WinogradCompiled(ConvAlgorithm):
         spec = self.spec
         if len(self.geometry) > 1 and self.run_in_lanes(x, out, workspace):
             return
-        shape = self.padded_shape(spec)
-        padded = workspace[: int(np.prod(shape))].reshape(shape)
-        scratch = self.scratch_elems(spec)
-        rest = workspace[padded.size :]
+        padded, scratches = self._split(workspace)
         if spec.n < spec.cores:  # threads share images: pad them all first
             pad_into(padded, x, self._pads())
-        calls = [(x, padded, out, g, rest[i * scratch : (i + 1) * scratch])
-                 for i, g in enumerate(self.geometry)]  # fmt: skip
+        calls = [(x, padded, out, g, scratch) for g, scratch in zip(self.geometry, scratches)]
         run_in_threads(self._part, calls)
         if self.after and spec.n < spec.cores:  # (whole images: each thread did its own)
             self._activate(out)
+
+    def _split(self, workspace):
+        """The workspace as the padded input (N, HP, WP, C) and one scratch per part."""
+        shape = self.padded_shape(self.spec)
+        padded = workspace[: int(np.prod(shape))]
+        size, rest = self.scratch_elems(self.spec), workspace[padded.size :]
+        scratches = [rest[i * size : (i + 1) * size] for i in range(len(self.geometry))]
+        return padded.reshape(shape), scratches
 
     def _activate(self, out) -> None:
         e = self.spec.epilogue
@@ -144,24 +148,20 @@ class WinogradCompiled(ConvAlgorithm):
     def compiled_call(self, x, out, workspace):
         if len(self.geometry) != 1 or self.after or self.spec.n < self.spec.cores:
             return None
-        padded = workspace[: int(np.prod(self.padded_shape(self.spec)))]
-        scratch = workspace[padded.size : padded.size + self.scratch_elems(self.spec)]
-        return self.kernel, self._args(x, padded, out, self.geometry[0], scratch)
+        padded, scratches = self._split(workspace)
+        return self.kernel, self._args(x, padded, out, self.geometry[0], scratches[0])
 
     def lane_phases(self, x, out, workspace, lanes):
         spec = self.spec
         if self.after or len(self.geometry) > lanes:
             return None
-        shape = self.padded_shape(spec)
-        padded = workspace[: int(np.prod(shape))]
-        scratch = self.scratch_elems(spec)
-        rest = workspace[padded.size :]
-        calls = [(self.kernel, self._args(x, padded, out, g, rest[i * scratch : (i + 1) * scratch]))
-                 for i, g in enumerate(self.geometry)]  # fmt: skip
+        padded, scratches = self._split(workspace)
+        calls = [(self.kernel, self._args(x, padded, out, g, scratch))
+                 for g, scratch in zip(self.geometry, scratches)]  # fmt: skip
         if spec.n >= spec.cores:  # each lane pads its own images
             return [calls]
         top, left, _, _ = self._pads()
-        return [pad_calls(x, padded.reshape(shape), top, left, lanes), calls]
+        return [pad_calls(x, padded, top, left, lanes), calls]
 
     def _args(self, x, padded, out, geometry, scratch) -> tuple:
         v = scratch[: self.positions() * self.chunk(self.spec) * self.spec.c]
