@@ -134,7 +134,7 @@ def lane_module(kernels: list, widths: list[int], kinds: list[str]):
         arrays, scalars = arrays + per_array * width, scalars + per_scalar * width
     source = [
         f"# spin {SPIN_HASH}",
-        "from engine.spin import GO, JOB, PARTS, SLEEP, SPIN, SPINS, STRIDE, WAKING",
+        "from engine.spin import BUSY, GO, JOB, PARTS, SLEEP, SPIN, SPINS, STRIDE, WAKING",
         "from engine.spin import barrier, load, store, swap",
         "from engine.spin import f32_at as f_at, i64_at as i_at",
         *_imports(kernels),
@@ -155,6 +155,9 @@ def lane_module(kernels: list, widths: list[int], kinds: list[str]):
         "                    return True  # another chain's job",
         "                rank, parts = load(ctrl, at + 1), load(ctrl, PARTS)",
         "            elif state != SPIN:  # being given a job (CLAIMED)",
+        "                continue",
+        "            elif load(ctrl, BUSY):  # the engine's thread is in a job: one comes soon",
+        "                idle = 0",
         "                continue",
         "            elif idle < load(ctrl, SPINS):",
         "                idle += 1",

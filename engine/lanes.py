@@ -105,7 +105,12 @@ class Lanes:
             if self.woken[0]:
                 for lane in np.flatnonzero(self.woken[1:]) + 1:
                     self.events[lane].set()
-            chain.lead(parts)
+            # lanes woken now spin through this job (it may outlast SPIN_S) for the next one
+            self.ctrl[self.spin.BUSY] = 1
+            try:
+                chain.lead(parts)
+            finally:
+                self.ctrl[self.spin.BUSY] = 0
 
     def idle(self):
         """The chain of no steps: what a woken lane serves until a job comes."""

@@ -24,9 +24,11 @@ STRIDE = 8
 #: yet back in compiled code (WAKING); spinning in compiled code for a job (SPIN); being given
 #: a job (CLAIMED); given one (GO). Its next word is its rank in that job.
 SLEEP, WAKING, SPIN, CLAIMED, GO = 0, 1, 2, 3, 4
-#: the control array's words naming the posted job, how many lanes run it, and how many turns
-#: an idle lane spins before it sleeps (lane 0 is the caller: no state word)
-JOB, PARTS, SPINS = 0, 1, 2
+#: the control array's words naming the posted job, how many lanes run it, how many turns an
+#: idle lane spins before it sleeps, and whether the engine's thread is running a job (an idle
+#: lane does not count its turns then: woken by a post it could not join, it stays for the next
+#: one however long this job runs alone) (lane 0 is the caller: no state word)
+JOB, PARTS, SPINS, BUSY = 0, 1, 2, 3
 _INT64_ARRAY = types.Array(types.int64, 1, "C")
 
 
