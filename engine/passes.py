@@ -1,5 +1,5 @@
 """Load-time graph rewrites: support check, identity removal, constant folding, BatchNorm folding
-into the preceding Conv, and activation fusion into the Conv epilogue."""
+into the preceding Conv, and activation fusion into the Conv (or residual Add) epilogue."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from engine.conv import Epilogue
 from engine.errors import UnsupportedModelError
 from engine.graph import Graph, Node
 from engine.ops import REGISTRY
-from engine.ops.base import PLAIN, OpContext
-from engine.ops.conv import Conv
+from engine.ops.base import EPILOGUE_ATTR, PLAIN, OpContext
 from engine.ops.elementwise import ACTIVATION_ATTRS, activation_params, bn_scale_shift
 
 
@@ -100,16 +99,19 @@ def fold_batchnorm(graph: Graph) -> None:
 
 
 def fuse_activations(graph: Graph) -> None:
-    """Conv -> activation becomes one Conv whose epilogue applies the activation in place."""
-    for conv in [n for n in graph.nodes if n.op == "Conv"]:
-        act = _single_consumer(graph, conv.outputs[0])
-        if act is None or act.op not in ACTIVATION_ATTRS or Conv.EPILOGUE_ATTR in conv.attrs:
+    """Conv -> activation becomes one Conv whose epilogue applies the activation in place; a
+    two-input Add -> Relu or LeakyRelu (a residual block's end) one Add with that epilogue."""
+    for node in [n for n in graph.nodes if n.op in ("Conv", "Add")]:
+        act = _single_consumer(graph, node.outputs[0])
+        if act is None or act.op not in ACTIVATION_ATTRS or EPILOGUE_ATTR in node.attrs:
+            continue
+        if node.op == "Add" and (act.op not in ("Relu", "LeakyRelu") or len(node.inputs) != 2):
             continue
         params = activation_params(act, graph.constants)
         if params is None:
             continue
-        conv.attrs[Conv.EPILOGUE_ATTR] = Epilogue(*params)
-        conv.outputs = [act.outputs[0]]
+        node.attrs[EPILOGUE_ATTR] = Epilogue(*params)
+        node.outputs = [act.outputs[0]]
         graph.nodes.remove(act)
 
 

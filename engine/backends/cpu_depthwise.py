@@ -25,7 +25,10 @@ from engine.conv.spec import Epilogue
 
 #: int64 parameter vector of a call, in order
 PARAMS = ("SH", "SW", "DH", "DW", "TOP", "LEFT", "M", "N", "H", "W", "C", "OH", "OW", "K", "R",
-          "S")  # fmt: skip
+          "S", "ROW0", "ROW1")  # fmt: skip
+#: output elements below which a depthwise conv is one share: a lane barrier (about 1 us) costs
+#: more than the other lanes save on less
+MIN_SHARE = 1 << 12
 
 PIXEL = """
 @numba.njit(inline="always", **JIT)
@@ -68,7 +71,7 @@ def _source(pixels: int) -> str:
         + ", ".join(PARAMS[:6] + PARAMS[6:7])
         + (", H, W, C, OH, OW, K, R, S, lo, hi, slope")
     )
-    tail = [f"                if rest == {p}:\n                    {_tile_call(p)}"
+    tail = [f"            if rest == {p}:\n                {_tile_call(p)}"
             for p in range(1, pixels)]  # fmt: skip
     lines = [
         HEADER,
@@ -83,23 +86,23 @@ def _source(pixels: int) -> str:
         "    # columns whose every tap is inside the input",
         "    OW0 = min(OW, (LEFT + SW - 1) // SW)",
         "    OW1 = max(OW0, min(OW, (W - 1 - (S - 1) * DW + LEFT) // SW + 1))",
-        "    for n in range(N):",
-        "        for oh in range(OH):",
-        "            h0 = oh * SH - TOP",
-        "            if M != 1 or h0 < 0 or h0 + (R - 1) * DH >= H:",
-        "                for ow in range(OW):",
-        f"                    pixel({args})",
-        "                continue",
-        "            for ow in range(OW0):",
+        "    for row in range(ROW0, ROW1):  # output rows of all images: one share's",
+        "        n, oh = row // OH, row % OH",
+        "        h0 = oh * SH - TOP",
+        "        if M != 1 or h0 < 0 or h0 + (R - 1) * DH >= H:",
+        "            for ow in range(OW):",
         f"                pixel({args})",
-        "            for ow in range(OW1, OW):",
-        f"                pixel({args})",
-        "            for k in range(0, K, LANES):",
-        "                ow = OW0",
-        f"                while ow + {pixels} <= OW1:",
-        f"                    {_tile_call(pixels)}",
-        f"                    ow += {pixels}",
-        "                rest = OW1 - ow",
+        "            continue",
+        "        for ow in range(OW0):",
+        f"            pixel({args})",
+        "        for ow in range(OW1, OW):",
+        f"            pixel({args})",
+        "        for k in range(0, K, LANES):",
+        "            ow = OW0",
+        f"            while ow + {pixels} <= OW1:",
+        f"                {_tile_call(pixels)}",
+        f"                ow += {pixels}",
+        "            rest = OW1 - ow",
         *tail,
         "",
     ]
@@ -108,28 +111,31 @@ def _source(pixels: int) -> str:
 
 def depthwise(x, taps, bias, out, spec) -> None:
     """Depthwise conv of NHWC ``x`` into ``out`` with ``spec``'s bias and epilogue."""
-    kernel, args = _call(x, taps, bias, out, spec)
+    ((kernel, args),) = _calls(x, taps, bias, out, spec, 1)
     kernel(*args)
     if epilogue_bounds(spec.epilogue) is None:
         e = spec.epilogue
         apply_activation(np, out, e.kind, e.alpha, e.beta)
 
 
-def depthwise_call(x, taps, bias, out, spec):
-    """(compiled kernel, arguments) of ``depthwise`` for engine.chain, or None when the
-    activation runs afterwards."""
-    return _call(x, taps, bias, out, spec) if epilogue_bounds(spec.epilogue) else None
+def depthwise_calls(x, taps, bias, out, spec, lanes: int):
+    """(compiled kernel, arguments) per share of ``depthwise`` for engine.chain (near-equal
+    bands of the output rows, up to ``lanes``), or None when the activation runs afterwards."""
+    return _calls(x, taps, bias, out, spec, lanes) if epilogue_bounds(spec.epilogue) else None
 
 
-def _call(x, taps, bias, out, spec):
+def _calls(x, taps, bias, out, spec, lanes: int) -> list[tuple]:
     bounds = epilogue_bounds(spec.epilogue) or epilogue_bounds(Epilogue())
     lo, hi, slope = (np.float32(v) for v in bounds)
     bias = np.zeros(spec.k, np.float32) if bias is None else np.asarray(bias, np.float32)
-    geometry = np.array([*spec.strides, *spec.dilations, spec.pads[0], spec.pads[1],
-                         spec.k // spec.c, *x.shape, spec.out_h, spec.out_w, spec.k, spec.r,
-                         spec.s], np.int64)  # fmt: skip
-    flat = np.ascontiguousarray(x).reshape(-1)
-    return _kernel(), (flat, taps.reshape(-1), bias, out.reshape(-1), geometry, lo, hi, slope)
+    geometry = [*spec.strides, *spec.dilations, spec.pads[0], spec.pads[1], spec.k // spec.c,
+                *x.shape, spec.out_h, spec.out_w, spec.k, spec.r, spec.s]  # fmt: skip
+    rows = x.shape[0] * spec.out_h
+    parts = max(1, min(lanes, rows, out.size // MIN_SHARE))
+    edges = [rows * i // parts for i in range(parts + 1)]
+    flat = (np.ascontiguousarray(x).reshape(-1), taps.reshape(-1), bias, out.reshape(-1))
+    return [(_kernel(), (*flat, np.array([*geometry, a, b], np.int64), lo, hi, slope))
+            for a, b in zip(edges[:-1], edges[1:])]  # fmt: skip
 
 
 @functools.cache

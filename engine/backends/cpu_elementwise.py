@@ -1,10 +1,18 @@
-"""Element-wise Add on float32 buffers of one shape, compiled with numba: only so that a
-residual Add between compiled steps can join their chain (engine/chain.py); NumPy's add is as
-fast on its own."""
+"""Element-wise Add and clamp-style activations on float32 buffers, compiled with numba: so that
+a residual Add and a ReLU (Clip, LeakyRelu) between compiled steps join their chain
+(engine/chain.py) instead of breaking it into two Python calls, and so that a large one is
+split across the lanes (engine/lanes.py). NumPy's add is as fast on its own.
+
+Each call covers a span [start, stop) of the flat buffers: one span per lane's share. The
+activation is the conv kernels' clamp (engine/conv/microkernel.py, ``epilogue_bounds``):
+``min(max(y, lo), hi) + slope * min(y, 0)``.
+"""
 
 from __future__ import annotations
 
 import functools
+
+import numpy as np
 
 from engine import jit
 
@@ -12,19 +20,62 @@ SOURCE = (
     jit.MODULE_HEADER
     + """
 
-@numba.njit("void(float32[::1], float32[::1], float32[::1])", **JIT)
-def add(a, b, out):
-    for i in range(out.size):
+@numba.njit("void(float32[::1], float32[::1], float32[::1], int64[::1])", **JIT)
+def add(a, b, out, span):
+    for i in range(span[0], span[1]):
         out[U(i)] = a[U(i)] + b[U(i)]
+
+
+@numba.njit("void(float32[::1], float32[::1], float32[::1], int64[::1], float32, float32,"
+            " float32)", **JIT)
+def add_clamped(a, b, out, span, lo, hi, slope):
+    Z = np.float32(0.0)
+    for i in range(span[0], span[1]):
+        y = a[U(i)] + b[U(i)]
+        out[U(i)] = min(max(y, lo), hi) + slope * min(y, Z)
+
+
+@numba.njit("void(float32[::1], float32[::1], int64[::1], float32, float32, float32)", **JIT)
+def clamp(x, out, span, lo, hi, slope):
+    Z = np.float32(0.0)
+    for i in range(span[0], span[1]):
+        y = x[U(i)]
+        out[U(i)] = min(max(y, lo), hi) + slope * min(y, Z)
 """
 )
 
+#: elements below which a buffer is one share: a lane barrier (about 1 us) costs more than
+#: the other lane saves on less
+MIN_SHARE = 1 << 14
+#: share boundaries fall on whole cache lines (16 float32), so that no two lanes write one
+ALIGN = 16
 
-def add_call(a, b, out):
-    """(compiled kernel, arguments) of ``out = a + b`` for same-shape contiguous float32."""
-    return _kernel(), (a.reshape(-1), b.reshape(-1), out.reshape(-1))
+
+def spans(size: int, lanes: int) -> list[np.ndarray]:
+    """Near-equal [start, stop) spans covering ``size`` elements, one per share."""
+    parts = max(1, min(lanes, size // MIN_SHARE))
+    bounds = [0, *(size * i // parts // ALIGN * ALIGN for i in range(1, parts)), size]
+    return [np.array([a, b], np.int64) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def add_calls(a, b, out, bounds, lanes: int) -> list[tuple]:
+    """(compiled kernel, arguments) per share of ``out = clamp(a + b)`` for same-shape
+    contiguous float32 buffers; ``bounds`` (lo, hi, slope) or None for a plain add."""
+    flat = (a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    kernels = _kernels()
+    if bounds is None:
+        return [(kernels.add, (*flat, span)) for span in spans(out.size, lanes)]
+    clamp = tuple(np.float32(v) for v in bounds)
+    return [(kernels.add_clamped, (*flat, span, *clamp)) for span in spans(out.size, lanes)]
+
+
+def clamp_calls(x, out, bounds, lanes: int) -> list[tuple]:
+    """(compiled kernel, arguments) per share of ``out = clamp(x)`` (``bounds``: lo, hi,
+    slope) for same-shape contiguous float32 buffers."""
+    flat, clamp = (x.reshape(-1), out.reshape(-1)), tuple(np.float32(v) for v in bounds)
+    return [(_kernels().clamp, (*flat, span, *clamp)) for span in spans(out.size, lanes)]
 
 
 @functools.cache
-def _kernel():
-    return jit.load_source("add_f32", SOURCE).add
+def _kernels():
+    return jit.load_source("elementwise_f32", SOURCE)

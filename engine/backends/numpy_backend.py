@@ -76,10 +76,10 @@ class NumpyBackend(Backend):
 
         depthwise(x, taps, bias, out, spec)
 
-    def depthwise_call(self, x, taps, bias, out, spec):
-        from engine.backends.cpu_depthwise import depthwise_call
+    def depthwise_calls(self, x, taps, bias, out, spec, lanes: int):
+        from engine.backends.cpu_depthwise import depthwise_calls
 
-        return depthwise_call(x, taps, bias, out, spec)
+        return depthwise_calls(x, taps, bias, out, spec, lanes)
 
     def pool(self, x, out, kind, kernel, strides, dilations, pads, count_include_pad) -> None:
         from engine.backends.cpu_pool import pool

@@ -49,7 +49,8 @@ class DepthwiseDirect(ConvAlgorithm):
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec
         if self.backend.native_depthwise:  # one fused kernel (taps are already (R, S, K))
-            self.backend.depthwise(x, self.taps, self.bias, out, spec)
+            if not self.run_in_lanes(x, out, workspace):
+                self.backend.depthwise(x, self.taps, self.bias, out, spec)
             return
         for n0 in range(0, spec.n, self.chunk):
             n1 = min(spec.n, n0 + self.chunk)
@@ -57,10 +58,16 @@ class DepthwiseDirect(ConvAlgorithm):
             self.finish(out[n0:n1].reshape(-1, spec.k))
 
     def compiled_call(self, x, out, workspace):
-        call = getattr(self.backend, "depthwise_call", None)  # the CPU's compiled kernel
-        if call is None or not self.backend.native_depthwise:
+        phases = self.lane_phases(x, out, workspace, 1)
+        return None if phases is None else phases[0][0]
+
+    def lane_phases(self, x, out, workspace, lanes):
+        """The CPU's compiled kernel, its output rows split across ``lanes``."""
+        calls = getattr(self.backend, "depthwise_calls", None)
+        if calls is None or not self.backend.native_depthwise:
             return None
-        return call(x, self.taps, self.bias, out, self.spec)
+        calls = calls(x, self.taps, self.bias, out, self.spec, lanes)
+        return None if calls is None else [calls]
 
     def _run(self, x, out, workspace) -> None:
         xp, spec = self.xp, self.spec

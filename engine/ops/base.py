@@ -16,6 +16,9 @@ from engine.graph import Node
 
 NHWC, PLAIN = "nhwc", "plain"
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+#: node attribute holding the activation (engine.conv.Epilogue) a graph pass fused into a Conv
+#: or an Add (engine/passes.py)
+EPILOGUE_ATTR = "_epilogue"
 
 REGISTRY: dict[str, type[Op]] = {}
 
@@ -160,6 +163,16 @@ class LayoutConvert(Op):
     def run(self, ins, outs):
         outs[0][...] = ins[0].transpose(self.perm)
         return outs
+
+    def lane_phases(self, ins, outs, lanes):
+        """Compiled for contiguous float32 on the CPU, split across ``lanes`` by rows."""
+        x, y = ins[0], outs[0]
+        if (self.ctx.backend.device != "cpu" or x.dtype != np.float32 or y.dtype != np.float32
+                or not x.flags.c_contiguous or not y.flags.c_contiguous):  # fmt: skip
+            return None
+        from engine.backends.cpu_layout import convert_calls
+
+        return [convert_calls(x, y, self.perm == TO_NHWC, lanes)]
 
 
 def normalize_axis(axis: int, rank: int, node: Node) -> int:

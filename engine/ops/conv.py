@@ -7,7 +7,7 @@ import numpy as np
 from engine import chain
 from engine.conv import ConvSpec, Epilogue
 from engine.errors import UnsupportedModelError
-from engine.ops.base import NHWC, Op, register
+from engine.ops.base import EPILOGUE_ATTR, NHWC, Op, register
 from engine.ops.window import resolve_pads, spatial_params
 
 
@@ -17,8 +17,6 @@ class Conv(Op):
                   "pads": None, "strides": None}  # fmt: skip
     layout = NHWC
     constant_inputs = (1, 2)
-    #: set by the fusion pass: an Epilogue folded in from a following activation
-    EPILOGUE_ATTR = "_epilogue"
 
     @classmethod
     def check(cls, node, opset):
@@ -97,6 +95,6 @@ def conv_spec(ctx) -> ConvSpec:
         raise UnsupportedModelError([problem])
     strides, dilations = spatial_params(node, (r, s))
     pads = resolve_pads(node, (h, width), (r, s), strides, dilations)
-    epilogue = node.attrs.get(Conv.EPILOGUE_ATTR) or Epilogue()
+    epilogue = node.attrs.get(EPILOGUE_ATTR) or Epilogue()
     return ConvSpec(n, c, h, width, k, r, s, pads, strides, dilations, groups, epilogue=epilogue,
                     threads=ctx.threads)  # fmt: skip

@@ -6,7 +6,7 @@ import numpy as np
 
 from engine.activations import apply_activation
 from engine.errors import ModelLoadError, UnsupportedModelError
-from engine.ops.base import NHWC, PLAIN, Op, as_nhwc_view, register
+from engine.ops.base import EPILOGUE_ATTR, NHWC, PLAIN, Op, as_nhwc_view, register
 
 ACTIVATION_ATTRS = {
     "Relu": ("relu", {}),
@@ -48,6 +48,30 @@ class _Elementwise(Op):
     def output_layout(self) -> str:
         return NHWC if NHWC in self.ctx.in_layouts else PLAIN
 
+    def clamp_bounds(self, kind: str, alpha: float, beta: float):
+        """(lo, hi, slope) of the compiled kernels' clamp for this activation, or None where
+        they cannot apply it (engine/backends/cpu_elementwise.py)."""
+        from engine.conv.microkernel import epilogue_bounds
+        from engine.conv.spec import Epilogue
+
+        return epilogue_bounds(Epilogue(kind, alpha, beta))
+
+    def compiled_ok(self, ins, outs) -> bool:
+        """Float32 on the CPU, every input the output's shape, layout and a contiguous buffer:
+        what the compiled element-wise kernels take."""
+        out, layouts = outs[0], self.ctx.in_layouts[: len(ins)]
+        return (self.ctx.backend.device == "cpu" and out.dtype == np.float32
+                and all(layout == self.output_layout() for layout in layouts)
+                and all(x is not None and x.shape == out.shape and x.dtype == np.float32
+                        and x.flags.c_contiguous for x in ins))  # fmt: skip
+
+    def lane_phases(self, ins, outs, lanes):
+        return None  # compiled only where a subclass says so
+
+    def compiled_call(self, ins, outs):
+        phases = self.lane_phases(ins, outs, 1)
+        return None if phases is None else phases[0][0]
+
     def operand(self, index: int, ins):
         """Input ``index`` as an array broadcastable in the output's storage layout."""
         value = ins[index]
@@ -86,6 +110,15 @@ class Activation(_Elementwise):
             apply_activation(self.xp, out, *self.params)
         return outs
 
+    def lane_phases(self, ins, outs, lanes):
+        """ReLU, LeakyRelu and constant-bound Clip compiled, split across ``lanes`` when large."""
+        bounds = None if self.params is None else self.clamp_bounds(*self.params)
+        if bounds is None or not self.compiled_ok(ins[:1], outs):
+            return None
+        from engine.backends.cpu_elementwise import clamp_calls
+
+        return [clamp_calls(ins[0], outs[0], bounds, lanes)]
+
 
 BINARY = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Sum": "add",
           "Max": "maximum", "Min": "minimum", "Pow": "power"}  # fmt: skip
@@ -122,6 +155,8 @@ class Binary(_Elementwise):
         # Pow's result has the base's type; the others promote like NumPy
         dtype = ctx.in_dtypes[0] if op == "Pow" else np.result_type(*ctx.in_dtypes)
         self.ufunc = binary_function(self.xp, op, dtype)
+        #: a following activation fused in (engine/passes.py), or None
+        self.epilogue = ctx.node.attrs.get(EPILOGUE_ATTR)
         self.set_output(shape, dtype, self.output_layout())
 
     def run(self, ins, outs):
@@ -132,23 +167,25 @@ class Binary(_Elementwise):
         self.ufunc(self.operand(0, ins), self.operand(1, ins), out=out)
         for index in range(2, len(ins)):
             self.ufunc(out, self.operand(index, ins), out=out)
+        if self.epilogue is not None:
+            e = self.epilogue
+            apply_activation(self.xp, out, e.kind, e.alpha, e.beta)
         return outs
 
-    def compiled_call(self, ins, outs):
-        """A float32 Add of two same-shape, same-layout contiguous inputs on the CPU, so that
-        a residual Add joins the compiled steps around it (engine.chain)."""
-        out = outs[0]
-        layouts = self.ctx.in_layouts
-        if (self.ctx.node.op != "Add" or len(ins) != 2 or self.ctx.backend.device != "cpu"
-                or out.dtype != np.float32 or any(layout != self.output_layout()
-                                                  for layout in layouts)):  # fmt: skip
+    def lane_phases(self, ins, outs, lanes):
+        """A float32 Add of two inputs on the CPU, with its fused ReLU or LeakyRelu, compiled
+        so that a residual Add joins the compiled steps around it (engine.chain); split across
+        ``lanes`` when large."""
+        if self.ctx.node.op != "Add" or len(ins) != 2 or not self.compiled_ok(ins, outs):
             return None
-        if any(x.shape != out.shape or x.dtype != np.float32 or not x.flags.c_contiguous
-               for x in ins):  # fmt: skip
-            return None
-        from engine.backends.cpu_elementwise import add_call
+        bounds = None
+        if self.epilogue is not None:
+            bounds = self.clamp_bounds(self.epilogue.kind, self.epilogue.alpha, self.epilogue.beta)
+            if bounds is None:
+                return None
+        from engine.backends.cpu_elementwise import add_calls
 
-        return add_call(ins[0], ins[1], out)
+        return [add_calls(ins[0], ins[1], outs[0], bounds, lanes)]
 
 
 def binary_function(xp, op: str, dtype: np.dtype):

@@ -6,13 +6,17 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import helper
 
 import engine.autotune as autotune
-from engine import jit, load_model
+from engine import jit, lanes, load_model
+from engine.backends import cpu_elementwise
+from engine.backends.cpu_elementwise import MIN_SHARE
 from engine.bench.nets import cifar_net, mobilenet
 from engine.chain import Chain, LaneChain
 from tests.engine.conv_cases import compiled_first
 from tests.engine.faults import break_conv, conv_names
+from tests.engine.onnx_builders import make_model, randn
 from tests.engine.reference import rel_error
 
 pytestmark = pytest.mark.skipif(not jit.available(), reason="numba missing: nothing to chain")
@@ -73,6 +77,55 @@ def test_residual_adds_and_depthwise_convs_join_the_chain(monkeypatch):
         assert rel_error(model(x), session.run(None, {"input": x})[0]) < 1e-4
     for n in (1, 4):
         chains = chains_of(model, n)
-        ops = [(type(step.op).__name__, step.op.ctx.node.op) for c in chains for step in c.steps]
+        ops = [(type(step.op).__name__, step.op.ctx.node and step.op.ctx.node.op)
+               for c in chains for step in c.steps]  # fmt: skip
         assert ("Binary", "Add") in ops and ("Conv", "Conv") in ops
         assert len(chains) == 1  # stem to head: every step a compiled call
+
+
+def test_residual_relus_and_clips_join_the_chain(monkeypatch):
+    """Add -> Relu is one Add with the ReLU fused; a Clip after an Add stays its own step: both
+    compiled into the chain, and at batch 1 (16x64x64 sums) split across the lanes where this
+    machine has them. Fresh inputs each call against onnxruntime."""
+    monkeypatch.setattr(autotune, "heuristic_default", compiled_first)
+    rng = np.random.default_rng(5)
+    x = randn(rng, 1, 16, 64, 64)
+    consts = {name: randn(rng, 16, 16, 3, 3, scale=0.2) for name in ("wa", "wb", "wc")}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "wb"], ["b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        helper.make_node("Add", ["r", "a"], ["t"]),
+        helper.make_node("Clip", ["t"], ["u"], min=-0.5, max=0.75),
+        helper.make_node("Conv", ["u", "wc"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    proto = make_model(nodes, {"x": x}, ["y"], consts, opset=10)
+    session = ort.InferenceSession(proto.SerializeToString())
+    model = load_model(proto.SerializeToString(), batch_sizes=(1, 2), autotune_mode="off")
+    for n in (1, 2, 1, 1, 2):
+        x = randn(rng, n, 16, 64, 64)
+        expected = np.concatenate([session.run(None, {"x": x[i : i + 1]})[0] for i in range(n)])
+        assert rel_error(model(x), expected) < 1e-4
+    for n in (1, 2):
+        chains = chains_of(model, n)
+        assert len(chains) == 1
+        steps = chains[0].steps
+        ops = [(type(s.op).__name__, s.op.ctx.node and s.op.ctx.node.op) for s in steps]
+        layout = ("LayoutConvert", None)  # the input into NHWC, the output back: compiled too
+        assert ops == [layout, *[("Conv", "Conv")] * 2, ("Binary", "Add"), ("Binary", "Add"),
+                       ("Activation", "Clip"), ("Conv", "Conv"), layout]  # fmt: skip
+        fused = [s.op.epilogue for s, op in zip(steps, ops) if op == ("Binary", "Add")]
+        assert [e and e.kind for e in fused] == ["relu", None]
+    if lanes.available():
+        (chain,) = chains_of(model, 1)
+        assert isinstance(chain, LaneChain) and max(chain.widths) == lanes.lane_count()
+
+
+def test_element_wise_spans_cover_the_buffer_on_cache_lines():
+    for size, count in ((5, 2), (MIN_SHARE, 4), (2 * MIN_SHARE + 3, 2), (10 * MIN_SHARE + 7, 3)):
+        spans = [tuple(s) for s in cpu_elementwise.spans(size, count)]
+        assert spans[0][0] == 0 and spans[-1][1] == size
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert all(a % cpu_elementwise.ALIGN == 0 for a, _ in spans)
+        assert len(spans) == max(1, min(count, size // MIN_SHARE))

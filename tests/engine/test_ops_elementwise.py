@@ -36,7 +36,8 @@ def test_activation_plain(op, attrs, batch):
 
 @pytest.mark.parametrize("op, attrs", ACTIVATIONS, ids=IDS)
 def test_activation_on_nhwc_after_add(op, attrs):
-    """Conv + Conv -> Add -> activation: not fusable, so it runs on the NHWC sum."""
+    """Conv + Conv -> Add -> activation on the NHWC sum: Relu and LeakyRelu fused into the Add
+    (engine/passes.py), the others their own step."""
     rng = np.random.default_rng(11)
     x = randn(rng, 7, 3, 6, 5)
     conv, consts, ref = _conv(rng, x)
