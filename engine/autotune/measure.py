@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 import statistics
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -66,6 +67,8 @@ def _measure(backend, spec: ConvSpec, weight, bias, names, budget_s: float, max_
     if ready:
         fastest = min(warm_s.values())
         for name in list(ready)[1:]:
+            if warm_s[name] > WARMUP_PRUNE_FACTOR * fastest:  # once more before it is dropped:
+                warm_s[name] = min(warm_s[name], trial.run(ready[name]))  # one run can stall
             if warm_s[name] > WARMUP_PRUNE_FACTOR * fastest:
                 trial.timings[name] = Timing(name, warm_s[name] * 1e3)
                 del timed[name]
@@ -90,16 +93,35 @@ class Trial:
         self.scratch = Scratch(backend)
         self.timings: dict[str, Timing] = {}
         self.evict = cache_evictor() if backend.device == "cpu" else None
+        # in a plan that splits across lanes, compiled steps run as one chain (engine/chain.py)
+        self.chain_break_s = 2 * lane_call_s() if self._in_lanes() else 0.0
+
+    def _in_lanes(self) -> bool:
+        from engine import chain
+
+        return chain.backend_lanes(self.backend) >= 2 and not self.spec.threads
 
     def run(self, algo) -> float:
-        """Seconds of one call of ``algo`` (device-synchronised), from cold private caches."""
+        """Seconds of one call of ``algo`` (device-synchronised), from cold private caches.
+
+        In a plan with lanes, what a candidate costs there: a compiled one is run through a
+        lane call as a chain's step (``run_in_lanes``), after an untimed call that moves the
+        lanes onto its chain (a switch goes through Python on the lane's thread; in a plan
+        the lanes stay on one chain); one that is not compiled is charged ``chain_break_s``,
+        two empty lane calls: in a plan it splits the chain in two, one more lane call,
+        and the compiled ones' timed lane call is one the chain does not make per step."""
         workspace = self.scratch.get(type(algo).workspace_elems(self.spec))
+        chained = self.chain_break_s and algo.run_in_lanes(self.x, self.out, workspace, True)
         if self.evict is not None:
             self.evict()
         with self.backend.compute_scope():  # as the forward pass will run it
             start = self.backend.now()
-            algo(self.x, self.out, workspace)
-            return self.backend.now() - start
+            if chained:
+                algo.run_in_lanes(self.x, self.out, workspace, unsplit=True)
+            else:
+                algo(self.x, self.out, workspace)
+            seconds = self.backend.now() - start
+        return seconds if chained or not self.chain_break_s else seconds + self.chain_break_s
 
     def error(self, reference) -> float:
         return relative_error(self.backend.xp, self.out, reference)
@@ -156,6 +178,27 @@ class Trial:
             if all(sum(samples[name]) >= budget_s for name in active):
                 break
         return samples
+
+
+def lane_call_s() -> float:
+    """Median seconds of a lane call with nothing to do that moves the lanes from another
+    chain onto its own (engine/lanes.py: a post, the lane threads' switch through Python, the
+    empty body, the barrier): what one more chain in a pass costs."""
+    pool, other = lanes.lanes(), _empty_chain()
+    times = []
+    for index in range(41):
+        chain = pool.idle() if index % 2 else other
+        start = time.perf_counter()
+        pool.run(chain)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+@functools.cache
+def _empty_chain():
+    from engine.chain import LaneChain
+
+    return LaneChain([], [])
 
 
 class Scratch:

@@ -73,20 +73,24 @@ class ConvAlgorithm:
         call = self.compiled_call(x, out, workspace)
         return None if call is None else [[call]]
 
-    def run_in_lanes(self, x, out, workspace) -> bool:
+    def run_in_lanes(self, x, out, workspace, unsplit: bool = False) -> bool:
         """``self(x, out, workspace)`` split across the lanes (engine/lanes.py) when they split
-        it, as in a plan's chain, so that the tuner times it as it will run; False (nothing
-        done) where they do not. The lane chain is kept for the last buffers used."""
+        it, as in a plan's chain; False (nothing done) where they do not. With ``unsplit``
+        also a compiled conv they do not split (all on lane 0): the tuner times every compiled
+        candidate of a plan with lanes through the same lane call, so that what it compares
+        is what each adds to a chain, not how Python calls each (a 1x1 conv split in two
+        took 9 us in MobileNet's chain against 15 on one thread, but 25 against 21 called
+        alone). The lane chain is kept for the last buffers used."""
         from engine import chain
 
         lanes = chain.backend_lanes(self.backend)
-        if lanes < 2:
+        if lanes < 2 or self.spec.threads:
             return False
-        key = (x.ctypes.data, out.ctypes.data, workspace.ctypes.data, workspace.size)
+        key = (x.ctypes.data, out.ctypes.data, workspace.ctypes.data, workspace.size, unsplit)
         kept = self.__dict__.get("_lane_chain")
         if kept is None or kept[0] != key:
             phases = self.lane_phases(x, out, workspace, lanes)
-            if phases is None or all(len(calls) == 1 for calls in phases):
+            if phases is None or not unsplit and all(len(calls) == 1 for calls in phases):
                 return False
             kept = self._lane_chain = (key, chain.LaneChain([], phases))
         kept[1].call()

@@ -4,6 +4,7 @@ wake-up, and two models' passes from two threads at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -116,3 +117,38 @@ def test_two_models_from_two_threads_at_once(cifar):
     assert len(errors[0]) == len(errors[1]) == 60
     assert max(errors[0] + errors[1]) < 1e-4
     assert lane_chains(models[0]) and lane_chains(models[1])
+
+
+def test_the_tuner_times_compiled_candidates_as_chain_steps_and_charges_the_others():
+    """Below one image per core every compiled candidate, split or not, runs through a lane
+    call (after an untimed one that moves the lanes onto it), with the reference's output; a
+    candidate that is not compiled (BLAS) is charged two chain-switching lane calls. In a
+    batch slice (one thread per op) nothing is charged."""
+    from engine.autotune.measure import Trial
+    from engine.backends import resolve_backend
+    from engine.conv import ALGORITHMS, ConvSpec, Epilogue
+
+    backend = resolve_backend("cpu")
+    rng = np.random.default_rng(8)
+    spec = ConvSpec(1, 24, 9, 9, 40, 1, 1, (0, 0, 0, 0), (1, 1), (1, 1), 1,
+                    epilogue=Epilogue("relu"))  # fmt: skip
+    weight = rng.standard_normal((40, 24, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    with lanes.held(0.1):
+        trial = Trial(backend, spec)
+        assert trial.chain_break_s > 0
+        reference = ALGORITHMS["im2col_gemm"](spec, weight, bias, backend)
+        trial.run(reference)
+        expected = trial.out.copy()
+        for name in ("implicit_gemm", "implicit_gemm_1t"):
+            algo = ALGORITHMS[name](spec, weight, bias, backend)
+            trial.out[...] = np.nan
+            trial.run(algo)
+            assert rel_error(trial.out, expected) < 1e-5
+            key, chain = algo._lane_chain  # it ran as a lane chain's step
+            assert key[-1] and isinstance(chain, LaneChain)
+        gemm = ALGORITHMS["gemm_1x1"](spec, weight, bias, backend)
+        assert not gemm.run_in_lanes(trial.x, trial.out, trial.scratch.get(1), unsplit=True)
+        assert trial.run(gemm) >= trial.chain_break_s
+        sliced = Trial(backend, dataclasses.replace(spec, threads=1))
+        assert sliced.chain_break_s == 0
