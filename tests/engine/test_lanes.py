@@ -152,3 +152,31 @@ def test_the_tuner_times_compiled_candidates_as_chain_steps_and_charges_the_othe
         assert trial.run(gemm) >= trial.chain_break_s
         sliced = Trial(backend, dataclasses.replace(spec, threads=1))
         assert sliced.chain_break_s == 0
+
+
+@pytest.mark.parametrize("k, stride", [(128, 1), (192, 2), (80, 1)])
+def test_deep_layers_on_small_maps_split_output_channels_across_lanes(k, stride):
+    """Weights that outweigh the input: each lane computes a block of output channels for
+    every pixel (from its own weights, bias and output offsets), where every block is full;
+    else bands of rows. Against a float64 reference, with the padding split first."""
+    from engine.backends import resolve_backend
+    from engine.conv import ALGORITHMS, ConvSpec, Epilogue
+    from tests.engine.reference import conv2d_nchw
+
+    backend = resolve_backend("cpu")
+    rng = np.random.default_rng(k)
+    spec = ConvSpec(1, 24, 5, 5, k, 3, 3, (1, 1, 1, 1), (stride, stride), (1, 1), 1,
+                    epilogue=Epilogue("relu"))  # fmt: skip
+    x = rng.standard_normal((1, 24, 5, 5)).astype(np.float32)
+    weight = rng.standard_normal((k, 24, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(k).astype(np.float32)
+    algo = ALGORITHMS["implicit_gemm"](spec, weight, bias, backend)
+    shares = algo._channel_shares(lanes.lane_count())
+    assert (shares is not None) == (k % algo.kb == 0 and k // algo.kb >= lanes.lane_count())
+    out = np.full((1, spec.out_h, spec.out_w, k), np.nan, np.float32)
+    workspace = np.zeros(ALGORITHMS["implicit_gemm"].workspace_elems(spec), np.float32)
+    with lanes.held(0.1):
+        for _ in range(3):
+            algo(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), out, workspace)
+    expected = np.maximum(conv2d_nchw(x, weight, bias, (1, 1, 1, 1), (stride, stride)), 0)
+    assert rel_error(out.transpose(0, 3, 1, 2), expected) < 1e-5
