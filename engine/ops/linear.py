@@ -38,6 +38,25 @@ class Gemm(Op):
             c = ctx.const(2)
             self.c = None if c is None else ctx.backend.asarray((self.beta * c).astype(dtype))
         self.set_output((m, n), dtype)
+        self._dense = None  # (weights (K, N), shift (N,)) for the compiled call, made on demand
+
+    def lane_phases(self, ins, outs, lanes):
+        """On the CPU, float32 with constant weights and a per-feature (or no) C: compiled, the
+        output features split across ``lanes`` when the weights are large."""
+        a, out = ins[0], outs[0]
+        if (self.ctx.backend.device != "cpu" or self.trans_a or self.b is None
+                or out.dtype != np.float32 or a.dtype != np.float32 or not a.flags.c_contiguous
+                or self.c is not None and self.c.size != out.shape[1]
+                or self.c is None and self.ctx.has_input(2) and self.beta != 0):  # fmt: skip
+            return None
+        if self._dense is None:
+            b = self.b.T if self.trans_b else self.b
+            weights = np.ascontiguousarray(self.alpha * b, np.float32)
+            shift = np.zeros(out.shape[1], np.float32) if self.c is None else self.c.reshape(-1)
+            self._dense = weights, np.ascontiguousarray(shift, np.float32)
+        from engine.backends.cpu_linear import dense_calls
+
+        return [dense_calls(a, *self._dense, out, lanes)]
 
     def run(self, ins, outs):
         a = ins[0].T if self.trans_a else ins[0]

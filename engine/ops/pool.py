@@ -72,6 +72,17 @@ class _Pool(Op):
                 yield x[:, i * dh : i * dh + sh * (oh - 1) + 1 : sh,
                         j * dw : j * dw + sw * (ow - 1) + 1 : sw]  # fmt: skip
 
+    def lane_phases(self, ins, outs, lanes):
+        """The CPU's compiled kernel, its output rows split across ``lanes`` when large."""
+        if not self.native or self.ctx.backend.device != "cpu":
+            return None
+        from engine.backends.cpu_pool import pool_calls
+
+        kind = "max" if isinstance(self, MaxPool) else "average"
+        include_pad = bool(self.ctx.node.attrs.get("count_include_pad", 0))
+        return [pool_calls(ins[0], outs[0], kind, self.kernel, self.strides, self.dilations,
+                           self.pads, include_pad, lanes)]  # fmt: skip
+
     def pooled(self, x, out, combine) -> None:
         if self.native:
             kind = "max" if combine is self.xp.maximum else "average"
@@ -110,14 +121,6 @@ class MaxPool(_Pool):
     def run(self, ins, outs):
         self.pooled(ins[0], outs[0], self.xp.maximum)
         return outs
-
-    def compiled_call(self, ins, outs):
-        if not self.native or self.ctx.backend.device != "cpu":
-            return None
-        from engine.backends.cpu_pool import pool_call
-
-        return pool_call(ins[0], outs[0], "max", self.kernel, self.strides, self.dilations,
-                         self.pads, False)  # fmt: skip
 
 
 @register("AveragePool")
@@ -182,9 +185,9 @@ class GlobalPool(Op):
     def compiled_call(self, ins, outs):
         if not self.native:
             return None
-        from engine.backends.cpu_pool import pool_call
+        from engine.backends.cpu_pool import pool_calls
 
         ctx = self.ctx
         kind = "average" if ctx.node.op == "GlobalAveragePool" else "max"
-        return pool_call(ins[0], outs[0], kind, ins[0].shape[1:3], (1, 1), (1, 1), (0, 0, 0, 0),
-                         False)  # fmt: skip
+        return pool_calls(ins[0], outs[0], kind, ins[0].shape[1:3], (1, 1), (1, 1), (0, 0, 0, 0),
+                          False)[0]  # fmt: skip

@@ -129,3 +129,41 @@ def test_element_wise_spans_cover_the_buffer_on_cache_lines():
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
         assert all(a % cpu_elementwise.ALIGN == 0 for a, _ in spans)
         assert len(spans) == max(1, min(count, size // MIN_SHARE))
+
+
+@pytest.mark.parametrize("pool, attrs", [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("AveragePool", {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+    ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 0, 1, 1],
+                     "count_include_pad": 1}),
+])  # fmt: skip
+def test_pools_and_the_head_join_the_chain_split_across_lanes(monkeypatch, pool, attrs):
+    """Conv -> pool -> conv -> Flatten -> Gemm at batch 1: the pool's rows split across the
+    lanes where this machine has them, the reshape and the classifier inside the chain."""
+    monkeypatch.setattr(autotune, "heuristic_default", compiled_first)
+    rng = np.random.default_rng(len(attrs))
+    x = randn(rng, 1, 8, 64, 64)
+    consts = {"wa": randn(rng, 16, 8, 3, 3, scale=0.3), "wb": randn(rng, 4, 16, 1, 1),
+              "fc": randn(rng, 10, 4 * 32 * 32, scale=0.05), "fb": randn(rng, 10)}  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node(pool, ["a"], ["p"], **attrs),
+        helper.make_node("Conv", ["p", "wb"], ["b"]),
+        helper.make_node("Flatten", ["b"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1, alpha=0.5),
+    ]
+    if attrs["strides"] == [1, 1]:  # a 32x32 map into the head either way
+        nodes[2] = helper.make_node("Conv", ["p", "wb"], ["b"], strides=[2, 2])
+    proto = make_model(nodes, {"x": x}, ["y"], consts, opset=11)
+    session = ort.InferenceSession(proto.SerializeToString())
+    model = load_model(proto.SerializeToString(), batch_sizes=(1,), autotune_mode="off")
+    for _ in range(3):
+        x = randn(rng, 1, 8, 64, 64)
+        assert rel_error(model(x), session.run(None, {"x": x})[0]) < 1e-4
+    (chain,) = chains_of(model, 1)
+    ops = [type(s.op).__name__ for s in chain.steps]
+    assert ops == ["LayoutConvert", "Conv", pool, "Conv", "LayoutConvert", "Flatten", "Gemm"]
+    if lanes.available():
+        step, env = chain.steps[2], model._plan((1, 8, 64, 64))._env
+        phases = step.op.lane_phases([env[step.inputs[0]]], step.buffers, lanes.lane_count())
+        assert len(phases[0]) == lanes.lane_count()
