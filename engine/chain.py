@@ -257,7 +257,7 @@ def segments(plan) -> list:
 
     for step in plan.steps:
         ins = [env[name] if name else None for name in step.inputs]
-        if step.op.view and any(step.inputs[0] in s.outputs for s, _ in run):
+        if step.op.reshapes_input and any(step.inputs[0] in s.outputs for s, _ in run):
             run.append((step, []))  # a reshape of a buffer the chain writes: nothing to run
             continue
         phases = step.op.lane_phases(ins, step.buffers, lanes) if step.op.allocates else None

@@ -47,6 +47,25 @@ MAX_LANES = 8
 SPIN_S = 0.0005
 
 
+#: elements below which a step is one share: a lane barrier (about 1 us) costs more than the
+#: other lanes save on less
+MIN_SHARE = 1 << 14
+
+
+def shares(count: int, lanes: int, elems: int | None = None, min_share: int = MIN_SHARE,
+           align: int = 1) -> list[tuple[int, int]]:  # fmt: skip
+    """Near-equal [start, stop) ranges covering ``count`` items (rows, elements, output
+    features), one per lane's share: up to ``lanes`` of them, fewer where the step's work
+    (``elems`` elements) gives each less than ``min_share``; inner boundaries on multiples of
+    ``align`` (whole cache lines, so that no two lanes write one)."""
+    parts = min(lanes, max(count // align, 1))
+    if elems is not None:
+        parts = min(parts, elems // min_share)
+    parts = max(parts, 1)
+    edges = [0, *(count * i // parts // align * align for i in range(1, parts)), count]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def lane_count() -> int:
     """Lanes a pass below one image per core is split into here (1: no lanes)."""
     return min(cpu_cores(), MAX_LANES)

@@ -22,6 +22,7 @@ from engine.activations import apply_activation
 from engine.conv.microkernel import HEADER, epilogue_bounds
 from engine.conv.simd import DEPTHWISE_PIXELS
 from engine.conv.spec import Epilogue
+from engine.lanes import shares
 
 #: int64 parameter vector of a call, in order
 PARAMS = ("SH", "SW", "DH", "DW", "TOP", "LEFT", "M", "N", "H", "W", "C", "OH", "OW", "K", "R",
@@ -130,12 +131,9 @@ def _calls(x, taps, bias, out, spec, lanes: int) -> list[tuple]:
     bias = np.zeros(spec.k, np.float32) if bias is None else np.asarray(bias, np.float32)
     geometry = [*spec.strides, *spec.dilations, spec.pads[0], spec.pads[1], spec.k // spec.c,
                 *x.shape, spec.out_h, spec.out_w, spec.k, spec.r, spec.s]  # fmt: skip
-    rows = x.shape[0] * spec.out_h
-    parts = max(1, min(lanes, rows, out.size // MIN_SHARE))
-    edges = [rows * i // parts for i in range(parts + 1)]
     flat = (np.ascontiguousarray(x).reshape(-1), taps.reshape(-1), bias, out.reshape(-1))
     return [(_kernel(), (*flat, np.array([*geometry, a, b], np.int64), lo, hi, slope))
-            for a, b in zip(edges[:-1], edges[1:])]  # fmt: skip
+            for a, b in shares(x.shape[0] * spec.out_h, lanes, out.size, MIN_SHARE)]  # fmt: skip
 
 
 @functools.cache

@@ -15,6 +15,7 @@ import functools
 import numpy as np
 
 from engine import jit
+from engine.lanes import shares
 
 SOURCE = (
     jit.MODULE_HEADER
@@ -44,18 +45,13 @@ def clamp(x, out, span, lo, hi, slope):
 """
 )
 
-#: elements below which a buffer is one share: a lane barrier (about 1 us) costs more than
-#: the other lane saves on less
-MIN_SHARE = 1 << 14
 #: share boundaries fall on whole cache lines (16 float32), so that no two lanes write one
 ALIGN = 16
 
 
 def spans(size: int, lanes: int) -> list[np.ndarray]:
     """Near-equal [start, stop) spans covering ``size`` elements, one per share."""
-    parts = max(1, min(lanes, size // MIN_SHARE))
-    bounds = [0, *(size * i // parts // ALIGN * ALIGN for i in range(1, parts)), size]
-    return [np.array([a, b], np.int64) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [np.array(span, np.int64) for span in shares(size, lanes, size, align=ALIGN)]
 
 
 def add_calls(a, b, out, bounds, lanes: int) -> list[tuple]:

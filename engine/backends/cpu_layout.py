@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 from engine import jit
-from engine.backends.cpu_elementwise import MIN_SHARE
+from engine.lanes import shares
 
 SOURCE = (
     jit.MODULE_HEADER
@@ -40,12 +40,9 @@ def convert_calls(x, y, to_nhwc: bool, lanes: int) -> list[tuple]:
     """(compiled kernel, arguments) per share copying 4-D float32 ``x`` into ``y`` (NCHW into
     NHWC when ``to_nhwc``, else back): near-equal bands of the N * H image rows."""
     n, c, h, w = x.shape if to_nhwc else (x.shape[0], x.shape[3], x.shape[1], x.shape[2])
-    rows = n * h
-    parts = max(1, min(lanes, rows, x.size // MIN_SHARE))
-    bounds = [rows * i // parts for i in range(parts + 1)]
     kernel, flat_x, flat_y = _kernel(), x.reshape(-1), y.reshape(-1)
     return [(kernel, (flat_x, flat_y, np.array([n, c, h, w, a, b, to_nhwc], np.int64)))
-            for a, b in zip(bounds[:-1], bounds[1:])]  # fmt: skip
+            for a, b in shares(n * h, lanes, x.size)]  # fmt: skip
 
 
 @functools.cache

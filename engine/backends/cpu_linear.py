@@ -13,7 +13,8 @@ import functools
 import numpy as np
 
 from engine import jit
-from engine.backends.cpu_elementwise import ALIGN, MIN_SHARE
+from engine.backends.cpu_elementwise import ALIGN
+from engine.lanes import shares
 
 SOURCE = (
     jit.MODULE_HEADER
@@ -40,11 +41,9 @@ def dense_calls(a, weights, shift, out, lanes: int) -> list[tuple]:
     float32 ``a`` (M, K), ``weights`` (K, N) and ``shift`` (N,): bands of the N output
     features (whole cache lines), one share unless the weights are large."""
     (m, k), n = a.shape, weights.shape[1]
-    parts = max(1, min(lanes, weights.size // MIN_SHARE, n // ALIGN))
-    edges = [0, *(n * i // parts // ALIGN * ALIGN for i in range(1, parts)), n]
     flat = (a.reshape(-1), weights.reshape(-1), shift, out.reshape(-1))
     return [(_kernel(), (*flat, np.array([m, k, n, j0, j1], np.int64)))
-            for j0, j1 in zip(edges[:-1], edges[1:])]  # fmt: skip
+            for j0, j1 in shares(n, lanes, weights.size, align=ALIGN)]  # fmt: skip
 
 
 @functools.cache

@@ -12,6 +12,7 @@ import functools
 import numpy as np
 
 from engine import jit
+from engine.lanes import shares
 
 #: ``pad_rows``: rows ROW0..ROW1 of the (N * HP, WP, C) padded images ``xp`` from NHWC ``x``
 #: (H x W) placed at (TOP, LEFT), zeros around; compiled into its callers (here, and the conv
@@ -59,12 +60,9 @@ def pad_calls(x, padded, top: int, left: int, lanes: int) -> list[tuple]:
     (top, left), zeros around: near-equal bands of the padded rows."""
     n, h, w, c = x.shape
     _, hp, wp, _ = padded.shape
-    rows = n * hp
-    parts = min(lanes, rows)
-    bounds = [rows * i // parts for i in range(parts + 1)]
     kernel, flat_x, flat_p = _kernel(), x.reshape(-1), padded.reshape(-1)
     return [(kernel, (flat_x, flat_p, np.array([h, w, c, hp, wp, top, left, a, b], np.int64)))
-            for a, b in zip(bounds[:-1], bounds[1:])]  # fmt: skip
+            for a, b in shares(n * hp, lanes)]  # fmt: skip
 
 
 @functools.cache

@@ -15,7 +15,7 @@ import functools
 import numpy as np
 
 from engine import jit
-from engine.backends.cpu_elementwise import MIN_SHARE
+from engine.lanes import shares
 
 #: int64 parameter vector of a call, in order
 PARAMS = ("KH", "KW", "SH", "SW", "DH", "DW", "TOP", "LEFT", "BOTTOM", "RIGHT", "AVERAGE",
@@ -81,14 +81,11 @@ def pool_calls(x, out, kind: str, kernel, strides, dilations, pads, count_includ
                lanes: int = 1) -> list[tuple]:  # fmt: skip
     """(compiled kernel, arguments) per share of ``pool`` for engine.chain: near-equal bands
     of the output rows, up to ``lanes`` when the input is large."""
-    rows = out.shape[0] * out.shape[1]
-    parts = max(1, min(lanes, rows, x.size // MIN_SHARE))
-    edges = [rows * i // parts for i in range(parts + 1)]
     geometry = [*kernel, *strides, *dilations, *pads, kind != "max", bool(count_include_pad),
                 *x.shape, *out.shape[1:3]]  # fmt: skip
     flat = (np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
     return [(_kernel(), (*flat, np.array([*geometry, a, b], np.int64)))
-            for a, b in zip(edges[:-1], edges[1:])]  # fmt: skip
+            for a, b in shares(out.shape[0] * out.shape[1], lanes, x.size)]  # fmt: skip
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from engine.conv.base import ConvAlgorithm
 from engine.conv.microkernel import conv_source, epilogue_bounds
 from engine.conv.simd import tile_shape, vector_shape
 from engine.conv.spec import ConvSpec, Epilogue
+from engine.lanes import shares
 from engine.threads import run_in_threads
 
 
@@ -147,8 +148,7 @@ class ImplicitGemm(ConvAlgorithm):
             or spec.k * spec.r * spec.s <= spec.n * spec.h * spec.w
         ):
             return None
-        edges = [blocks * i // lanes for i in range(lanes + 1)]
-        return list(zip(edges[:-1], edges[1:]))
+        return shares(blocks, lanes)
 
     def _channel_call(self, x, source, out, b0: int, b1: int) -> tuple:
         """(kernel, arguments) for output channel blocks b0..b1 of every row: the weights,

@@ -83,7 +83,7 @@ class Op:
     attributes: ClassVar[dict] = {}
     #: output 0 is always a view of input 0 (a reshape): a compiled chain (engine/chain.py)
     #: runs on across it, its output being the same memory on every call
-    view: ClassVar[bool] = False
+    reshapes_input: ClassVar[bool] = False
     #: "nhwc": 4-D inputs must be NHWC; "follow": NHWC when an input is; "plain": logical layout.
     layout: ClassVar[str] = PLAIN
     #: False when outputs are views of inputs (no buffer is planned for them).

@@ -14,7 +14,7 @@ class _View(Op):
     """Output 0 is a view of input 0 in a new logical shape (plain layout only)."""
 
     allocates = False
-    view = True
+    reshapes_input = True
     max_version = 25  # versions 23 to 25 only added element types
     constant_inputs = (1,)  # shape or axes
 
@@ -109,7 +109,7 @@ class Unsqueeze(_View):
 class Identity(Op):
     layout = "follow"
     allocates = False
-    view = True
+    reshapes_input = True
     max_version = 25  # versions 23 to 25 only added element types
 
     def __init__(self, ctx):

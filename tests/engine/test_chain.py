@@ -11,9 +11,9 @@ from onnx import helper
 import engine.autotune as autotune
 from engine import jit, lanes, load_model
 from engine.backends import cpu_elementwise
-from engine.backends.cpu_elementwise import MIN_SHARE
 from engine.bench.nets import cifar_net, mobilenet
 from engine.chain import Chain, LaneChain
+from engine.lanes import MIN_SHARE
 from tests.engine.conv_cases import compiled_first
 from tests.engine.faults import break_conv, conv_names
 from tests.engine.onnx_builders import make_model, randn

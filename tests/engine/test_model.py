@@ -75,6 +75,7 @@ def test_buckets_share_buffers_without_mixing_results(cnn):
     rng = np.random.default_rng(3)
     a = rng.standard_normal((4, 3, 9, 11)).astype(np.float32)
     b = rng.standard_normal((1, 3, 9, 11)).astype(np.float32)
+    model(a)  # the first call of a plan builds its compiled chains (same numerics from then on)
     ya = model(a)
     yb = model(b)
     np.testing.assert_array_equal(model(a), ya)  # a bucket-1 run in between changed nothing
