@@ -136,11 +136,10 @@ class OnThisThread(ConvAlgorithm):
 
     @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:
-        """Where lanes (engine/lanes.py) split the base, only for 1x1 convs. The tuner times a
-        layer alone with the caches evicted, which favours one thread at batch 1 (CIFAR-style
-        net: 0.71x onnxruntime with ``*_1t`` offered for every layer, 1.01-1.08x without);
-        but a 1x1 conv on a small map, split, loses to a BLAS GEMM that breaks the plan's
-        chain (MobileNet-style net: 1.9 ms per pass against 1.3)."""
+        """Where lanes (engine/lanes.py) split the base, only for 1x1 convs: the tuner now
+        times both through a lane call as chain steps (engine/autotune/measure.py), and
+        offered for every layer it picked none for the CIFAR-style net or ResNet-18 64x64,
+        so the other layers are spared the extra candidate (its compile and timing)."""
         if spec.n >= spec.cores or not cls.base.applicable(_one_thread(spec)):
             return False
         return (spec.r, spec.s) == (1, 1) or spec.threads == 1 or not lanes.available()
