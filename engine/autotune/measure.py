@@ -111,7 +111,9 @@ class Trial:
         two empty lane calls: in a plan it splits the chain in two, one more lane call,
         and the compiled ones' timed lane call is one the chain does not make per step."""
         workspace = self.scratch.get(type(algo).workspace_elems(self.spec))
-        chained = self.chain_break_s and algo.run_in_lanes(self.x, self.out, workspace, True)
+        chained = self.chain_break_s and algo.run_in_lanes(
+            self.x, self.out, workspace, unsplit=True
+        )
         if self.evict is not None:
             self.evict()
         with self.backend.compute_scope():  # as the forward pass will run it

@@ -41,13 +41,9 @@ def blocked_weights(weight: np.ndarray, kb: int) -> np.ndarray:
 
 def split_work(spec: ConvSpec) -> list[tuple[int, int, int, int]]:
     """(n0, n1, oh0, oh1) per core: images when there are enough, else bands of rows."""
-    cores = spec.cores
-    if spec.n >= cores:
-        bounds = [spec.n * i // cores for i in range(cores + 1)]
-        return [(a, b, 0, spec.out_h) for a, b in zip(bounds[:-1], bounds[1:])]
-    parts = min(cores, spec.out_h)
-    bounds = [spec.out_h * i // parts for i in range(parts + 1)]
-    return [(0, spec.n, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    if spec.n >= spec.cores:
+        return [(a, b, 0, spec.out_h) for a, b in shares(spec.n, spec.cores)]
+    return [(0, spec.n, a, b) for a, b in shares(spec.out_h, spec.cores)]
 
 
 class ImplicitGemm(ConvAlgorithm):
@@ -125,11 +121,11 @@ class ImplicitGemm(ConvAlgorithm):
         if len(self.parts) == 1:
             return super().lane_phases(x, out, workspace, lanes)
         source = self._source(x, workspace)
-        shares = self._channel_shares(lanes)
-        if shares is None:
+        blocks = self._channel_shares(lanes)
+        if blocks is None:
             convs = [(self.kernel, self._args(x, source, out, g)) for g in self.geometry]
         else:
-            convs = [self._channel_call(x, source, out, b0, b1) for b0, b1 in shares]
+            convs = [self._channel_call(x, source, out, b0, b1) for b0, b1 in blocks]
         if not self.spec.has_padding or self.pads_in_kernel:
             return [convs]
         padded = source.reshape(self.spec.n, *self.spec.padded_hw, self.spec.c)

@@ -48,7 +48,8 @@ class _Elementwise(Op):
     def output_layout(self) -> str:
         return NHWC if NHWC in self.ctx.in_layouts else PLAIN
 
-    def clamp_bounds(self, kind: str, alpha: float, beta: float):
+    @staticmethod
+    def clamp_bounds(kind: str, alpha: float, beta: float):
         """(lo, hi, slope) of the compiled kernels' clamp for this activation, or None where
         they cannot apply it (engine/backends/cpu_elementwise.py)."""
         from engine.conv.microkernel import epilogue_bounds
@@ -180,8 +181,8 @@ class Binary(_Elementwise):
             return None
         bounds = None
         if self.epilogue is not None:
-            bounds = self.clamp_bounds(self.epilogue.kind, self.epilogue.alpha, self.epilogue.beta)
-            if bounds is None:
+            e = self.epilogue
+            if (bounds := self.clamp_bounds(e.kind, e.alpha, e.beta)) is None:
                 return None
         from engine.backends.cpu_elementwise import add_calls
 

@@ -78,17 +78,17 @@ class _Pool(Op):
             return None
         from engine.backends.cpu_pool import pool_calls
 
-        kind = "max" if isinstance(self, MaxPool) else "average"
-        include_pad = bool(self.ctx.node.attrs.get("count_include_pad", 0))
-        return [pool_calls(ins[0], outs[0], kind, self.kernel, self.strides, self.dilations,
-                           self.pads, include_pad, lanes)]  # fmt: skip
+        return [pool_calls(ins[0], outs[0], self.kind, self.kernel, self.strides,
+                           self.dilations, self.pads, self.include_pad, lanes)]  # fmt: skip
+
+    @property
+    def include_pad(self) -> bool:
+        return bool(self.ctx.node.attrs.get("count_include_pad", 0))
 
     def pooled(self, x, out, combine) -> None:
         if self.native:
-            kind = "max" if combine is self.xp.maximum else "average"
-            include_pad = bool(self.ctx.node.attrs.get("count_include_pad", 0))
-            self.ctx.backend.pool(x, out, kind, self.kernel, self.strides, self.dilations,
-                                  self.pads, include_pad)  # fmt: skip
+            self.ctx.backend.pool(x, out, self.kind, self.kernel, self.strides, self.dilations,
+                                  self.pads, self.include_pad)  # fmt: skip
             return
         if self.padded_shape is not None:
             size = int(np.prod(self.padded_shape))
@@ -103,6 +103,7 @@ class _Pool(Op):
 
 @register("MaxPool")
 class MaxPool(_Pool):
+    kind = "max"
     attributes = {**_Pool.attributes, "storage_order": 0}
     fill = -np.inf
 
@@ -125,6 +126,7 @@ class MaxPool(_Pool):
 
 @register("AveragePool")
 class AveragePool(_Pool):
+    kind = "average"
     attributes = {**_Pool.attributes, "count_include_pad": 0}
 
     def __init__(self, ctx):
