@@ -1,5 +1,6 @@
 """Load-time graph rewrites: support check, identity removal, constant folding, BatchNorm folding
-into the preceding Conv, and activation fusion into the Conv (or residual Add) epilogue."""
+into the preceding Conv, activation fusion into the Conv (or residual Add) epilogue, and a
+following max-pool fused into the Conv's output stage."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from engine.conv import Epilogue
 from engine.errors import UnsupportedModelError
 from engine.graph import Graph, Node
 from engine.ops import REGISTRY
-from engine.ops.base import EPILOGUE_ATTR, PLAIN, OpContext
+from engine.ops.base import EPILOGUE_ATTR, PLAIN, POOL_ATTR, OpContext
 from engine.ops.elementwise import ACTIVATION_ATTRS, activation_params, bn_scale_shift
 
 
@@ -115,6 +116,38 @@ def fuse_activations(graph: Graph) -> None:
         graph.nodes.remove(act)
 
 
+def _pool_window(node: Node) -> int | None:
+    """p when ``node`` is a p x p MaxPool at stride p, without padding, dilation, ceil mode or
+    indices (the pool a conv's output stage can take over), else None."""
+    kernel = list(node.attrs.get("kernel_shape") or ())
+    if len(kernel) != 2 or kernel[0] != kernel[1] or kernel[0] < 2:
+        return None
+    plain = (
+        list(node.attrs.get("strides") or ()) == kernel
+        and not any(node.attrs.get("pads") or ())
+        and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+        and list(node.attrs.get("dilations") or (1, 1)) == [1, 1]
+        and not node.attrs.get("ceil_mode", 0)
+        and not any(node.outputs[1:])
+    )
+    return int(kernel[0]) if plain else None
+
+
+def fuse_pools(graph: Graph) -> None:
+    """Conv -> MaxPool (window = stride, no padding) becomes one Conv that pools its activated
+    output (``POOL_ATTR``; engine/ops/conv.py)."""
+    for conv in [n for n in graph.nodes if n.op == "Conv"]:
+        pool = _single_consumer(graph, conv.outputs[0])
+        if pool is None or pool.op != "MaxPool" or POOL_ATTR in conv.attrs:
+            continue
+        window = _pool_window(pool)
+        if window is None:
+            continue
+        conv.attrs[POOL_ATTR] = window
+        conv.outputs = [pool.outputs[0]]
+        graph.nodes.remove(pool)
+
+
 def optimize(graph: Graph, backend, tuner) -> Graph:
     """Every load-time pass, in order."""
     check_supported(graph)
@@ -122,4 +155,5 @@ def optimize(graph: Graph, backend, tuner) -> Graph:
     fold_constants(graph, backend, tuner)
     fold_batchnorm(graph)
     fuse_activations(graph)
+    fuse_pools(graph)
     return graph

@@ -73,7 +73,7 @@ def layer_rows(model, batch: int, onnxruntime_convs: list[tuple[tuple, float]]) 
             "shape": f"{spec.c}x{spec.h}x{spec.w}->{spec.k} {spec.r}x{spec.s}"
                      + (f" s{spec.strides[0]}" if spec.strides != (1, 1) else "")
                      + (f" g{spec.groups}" if spec.groups > 1 else ""),
-            "algorithm": choice.algorithm.name,
+            "algorithm": choice.algorithm.name + ("+maxpool" if step.op.pooled else ""),
             "engine ms": ms,
             "engine GFLOP/s": gflop / (ms / 1e3) if ms else None,
             "onnxruntime ms": ort_ms,

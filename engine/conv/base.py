@@ -45,6 +45,12 @@ class ConvAlgorithm:
         # compiled kernel's signature takes writable arrays only.
         self.bias = backend.asarray(np.array(bias, dtype=np.float32, order="C"))
 
+    def fuse_pool(self, size: int) -> bool:
+        """Write a ``size`` x ``size`` max-pool (stride ``size``, no padding, floor) of the
+        activated output instead of the output itself, from now on; False (and no change)
+        when this algorithm cannot."""
+        return False
+
     def shared(self, what: str, weight: np.ndarray, make):
         """``make()``'s re-laid weights in layout ``what``, made once per layer and shared by
         every instance that uses that layout: the buckets of one algorithm (only the batch size

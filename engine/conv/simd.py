@@ -77,12 +77,13 @@ def winograd_input_tile(bt: tuple):
 
 
 @functools.cache
-def winograd_output_tile(at: tuple):
-    """The intrinsic applying the output transform ``at`` (rows of A^T), bias and activation
-    to one tile and one vector of channels (``winograd_codegen.output_tile``)."""
+def winograd_output_tile(at: tuple, pool: int = 1):
+    """The intrinsic applying the output transform ``at`` (rows of A^T), bias, activation and
+    a ``pool`` x ``pool`` max-pool (1: none) to one tile and one vector of channels
+    (``winograd_codegen.output_tile``)."""
     from engine.conv.winograd_codegen import output_tile
 
-    return output_tile(_matrix(at), vector_shape()[0])
+    return output_tile(_matrix(at), vector_shape()[0], pool)
 
 
 #: output pixels per depthwise tile (one vector of channels each)

@@ -80,12 +80,19 @@ def input_tile(bt: np.ndarray, lanes: int):
     return intrinsic(typer)
 
 
-def output_tile(at: np.ndarray, lanes: int):
+def output_tile(at: np.ndarray, lanes: int, pool: int = 1):
     """Intrinsic ``(m, mbase, mstride, bias, k, count, out, obase, row, K, rows, cols, lo, hi,
     slope)``: product (i, j) of channels k.. is ``m[mbase + (i*a + j)*mstride + k ...]``; output
     pixel (i, j) < (rows, cols) of the tile goes to ``out[obase + i*row + j*K + k ...]`` as
-    ``min(max(y, lo), hi) + slope * min(y, 0)`` with y = (A^T M A)[i][j] + bias[k ...]."""
+    ``min(max(y, lo), hi) + slope * min(y, 0)`` with y = (A^T M A)[i][j] + bias[k ...].
+
+    With ``pool`` > 1 (a divisor of the tile's m), a max-pool of ``pool`` x ``pool`` windows
+    at stride ``pool`` follows the activation: pixel (i, j) < (rows, cols) of the pooled tile
+    is the largest of its window, and nothing of the full-size tile is stored."""
     mm, a = at.shape
+    if mm % pool:
+        raise ValueError(f"a {pool}x{pool} pool does not tile {mm}x{mm} outputs")
+    side = mm // pool
 
     def codegen(context, builder, signature, args):
         values = array_pointers(context, builder, signature, args, (0, 3, 6))
@@ -97,18 +104,24 @@ def output_tile(at: np.ndarray, lanes: int):
         q = vec.two_sided(at, p)
         b = vec.mload(bias, k)
         low, high, slopes = vec.splat(lo), vec.splat(hi), vec.splat(slope)
-        for i in range(mm):
+
+        def activated(y):
+            y = builder.fadd(y, b)
+            clamped = vec.call("llvm.minnum", vec.call("llvm.maxnum", y, low), high)
+            return builder.fadd(clamped, builder.fmul(slopes, vec.call("llvm.minnum", y, vec.zero)))
+
+        for i in range(side):
             inside_row = builder.icmp_signed("<", ir.Constant(I64, i), rows)
-            for j in range(mm):
+            for j in range(side):
                 inside = builder.and_(
                     inside_row, builder.icmp_signed("<", ir.Constant(I64, j), cols)
                 )
                 with builder.if_then(inside):
-                    y = builder.fadd(q[i][j], b)
-                    clamped = vec.call("llvm.minnum", vec.call("llvm.maxnum", y, low), high)
-                    result = builder.fadd(
-                        clamped, builder.fmul(slopes, vec.call("llvm.minnum", y, vec.zero))
-                    )
+                    window = [activated(q[i * pool + u][j * pool + v])
+                              for u in range(pool) for v in range(pool)]  # fmt: skip
+                    result = window[0]
+                    for value in window[1:]:
+                        result = vec.call("llvm.maxnum", result, value)
                     offset = builder.add(
                         builder.mul(ir.Constant(I64, i), row), builder.mul(ir.Constant(I64, j), K)
                     )
@@ -120,5 +133,5 @@ def output_tile(at: np.ndarray, lanes: int):
         args = (m, mbase, mstride, bias, k, count, out, obase, row, K, rows, cols, lo, hi, slope)
         return types.void(*args), codegen
 
-    typer.__name__ = f"winograd_output_tile_m{mm}"
+    typer.__name__ = f"winograd_output_tile_m{mm}_pool{pool}"
     return intrinsic(typer)

@@ -22,10 +22,12 @@ from engine.conv.winograd_source import winograd_source
 from engine.threads import run_in_threads
 
 
-def winograd_kernel(base: type[Winograd3x3], pixels: int, vectors: int):
-    """The compiled driver of ``base``'s transforms for one GEMM register tile."""
-    source = winograd_source(base.BT, base.AT, pixels, vectors)
-    return jit.load_source(f"winograd_f{base.m}_p{pixels}_v{vectors}", source).winograd
+def winograd_kernel(base: type[Winograd3x3], pixels: int, vectors: int, pool: int = 1):
+    """The compiled driver of ``base``'s transforms for one GEMM register tile, with a fused
+    ``pool`` x ``pool`` max-pool when ``pool`` > 1."""
+    source = winograd_source(base.BT, base.AT, pixels, vectors, pool)
+    name = f"winograd_f{base.m}_p{pixels}_v{vectors}" + (f"_pool{pool}" if pool > 1 else "")
+    return jit.load_source(name, source).winograd
 
 
 class WinogradCompiled(ConvAlgorithm):
@@ -86,9 +88,10 @@ class WinogradCompiled(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.pixels, vectors = tile_shape(spec.k)
-        self.kb = vectors * vector_shape()[0]
-        self.kernel = winograd_kernel(self.base, self.pixels, vectors)
+        self.pixels, self.vectors = tile_shape(spec.k)
+        self.kb = self.vectors * vector_shape()[0]
+        self.pool = 1
+        self.kernel = winograd_kernel(self.base, self.pixels, self.vectors)
         layout = f"winograd_f{self.base.m}_k{self.kb}"
         self.u = self.shared(layout, weight, lambda: self.blocked(weight))
         self.zero_bias = np.zeros(self.u.shape[1] * self.kb, np.float32)
@@ -96,6 +99,14 @@ class WinogradCompiled(ConvAlgorithm):
         self.after = bounds is None
         self.bounds = tuple(np.float32(v) for v in (bounds or epilogue_bounds(Epilogue())))
         self.geometry = [self._geometry(part) for part in self.parts(spec)]
+
+    def fuse_pool(self, size: int) -> bool:
+        if self.after or size < 2 or self.base.m % size:
+            return False  # (an activation applied afterwards must come before the pool)
+        self.pool = size
+        self.kernel = winograd_kernel(self.base, self.pixels, self.vectors, size)
+        self.geometry = [self._geometry(part) for part in self.parts(self.spec)]
+        return True
 
     def blocked(self, weight) -> np.ndarray:
         """G g G^T as (a*a, K/kb, C, kb), K zero-padded."""
@@ -111,7 +122,8 @@ class WinogradCompiled(ConvAlgorithm):
         _, hp, wp, _ = self.padded_shape(s)
         th, tw = self.tiles(s)
         whole_images = s.n >= s.cores  # each thread pads its own images in the kernel call
-        return np.array([hp, wp, s.c, s.out_h, s.out_w, s.k, th, tw, *part, self.chunk(s),
+        oh, ow = s.out_h // self.pool, s.out_w // self.pool
+        return np.array([hp, wp, s.c, oh, ow, s.k, th, tw, *part, self.chunk(s),
                          self.u.shape[1], s.h, s.w, s.pads[0], s.pads[1], whole_images],
                         np.int64)  # fmt: skip
 

@@ -24,6 +24,7 @@ SIGNATURE = (
 
 
 def _tile_position(m: int) -> list[str]:
+    """n and the tile's first row and column, ``m`` pixels a tile."""
     return [
         "g = c0 + t",
         "n = g // tiles_per_image",
@@ -47,7 +48,9 @@ def _input_transform(m: int) -> list[str]:
 
 
 def _output_transform(m: int) -> list[str]:
-    """out[tile pixels] = activation((A^T M A) + bias) for each of the chunk's tiles."""
+    """out[tile pixels] = activation((A^T M A) + bias) for each of the chunk's tiles, then
+    max-pooled when OUTPUT_TILE pools (``m`` is then the pooled tile's side; OH, OW the
+    pooled output's)."""
     return [
         "for t in range(T):",
         *["    " + line for line in _tile_position(m)],
@@ -64,9 +67,12 @@ def _constant(matrix: np.ndarray) -> str:
     return repr(tuple(tuple(float(v) for v in row) for row in matrix))
 
 
-def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -> str:
+def winograd_source(
+    bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int, pool: int = 1
+) -> str:
     """A module with ``winograd(x, xp, u, bias, zero_bias, out, v, m, geometry, lo, hi,
-    slope)``.
+    slope)``; with ``pool`` > 1 a max-pool of ``pool`` x ``pool`` windows at stride ``pool``
+    follows the activation in the output transform, and out (N, OH, OW, K) is the pooled map.
 
     x: the NHWC input (N, H, W, C); xp: x zero-padded to (N, HP, WP, C) with HP = m TH + 2,
     WP = m TW + 2, written here (whole images T0..T1) when PAD, else already; u: transformed
@@ -83,7 +89,7 @@ def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -
         rows_source(pixels, vectors),
         "LANES = simd.vector_shape()[0]",
         f"INPUT_TILE = simd.winograd_input_tile({_constant(bt)})",
-        f"OUTPUT_TILE = simd.winograd_output_tile({_constant(at)})",
+        f"OUTPUT_TILE = simd.winograd_output_tile({_constant(at)}, {pool})",
         f"BIG = np.float32({FLOAT32_MAX!r})",
         "",
         f'@numba.njit("{SIGNATURE}", **JIT)',
@@ -100,7 +106,7 @@ def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -
         *["        " + line for line in _input_transform(m)],
         f"        for e in range({a * a}):",
         f"            {gemm}",
-        *["        " + line for line in _output_transform(m)],
+        *["        " + line for line in _output_transform(m // pool)],
         "",
     ]
     return "\n".join(lines)

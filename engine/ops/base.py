@@ -19,6 +19,8 @@ TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 #: node attribute holding the activation (engine.conv.Epilogue) a graph pass fused into a Conv
 #: or an Add (engine/passes.py)
 EPILOGUE_ATTR = "_epilogue"
+#: node attribute holding the window (= stride) of a max-pool a graph pass fused into a Conv
+POOL_ATTR = "_pool"
 
 REGISTRY: dict[str, type[Op]] = {}
 

@@ -39,6 +39,7 @@ def chains_of(model, n: int) -> list:
 
 
 def test_the_convs_and_pools_run_as_one_chain(net):
+    """(Untuned: implicit_gemm, which pools from the workspace, in the same chain.)"""
     model_bytes, session = net
     model = load_model(model_bytes, batch_sizes=(1, 4), autotune_mode="off")
     assert segments_of(model, 1) is None  # built by the first call, from its buffers
@@ -50,8 +51,8 @@ def test_the_convs_and_pools_run_as_one_chain(net):
         chains = [s for s in segments_of(model, n) if isinstance(s, Chain | LaneChain)]
         assert len(chains) == 1
         ops = [type(step.op).__name__ for step in chains[0].steps]
-        assert ops.count("Conv") == 5 and ops.count("MaxPool") == 2
-        assert ops.count("GlobalPool") == 1
+        assert ops.count("Conv") == 5 and ops.count("GlobalPool") == 1
+        assert "MaxPool" not in ops  # both 2x2 pools fused into their convs (engine.passes)
 
 
 def test_a_kernel_swapped_after_chaining_is_used(net):
