@@ -132,6 +132,9 @@ class Model:
         return plan
 
     def _check_input(self, x) -> np.ndarray:
+        if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape[1:] == self.input_dims
+                and x.ndim > 1 and x.shape[0] >= 1):  # fmt: skip
+            return x  # the common case, in a fraction of the time of the checks below
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise InputShapeError(f"input dtype must be floating point, got {x.dtype}")

@@ -205,6 +205,12 @@ class Plan:
             self._lanes = lane_chains[0].lanes if len(lane_chains) > 1 else None
         return [env[name] for name in self.outputs]
 
+    def compiled_only(self) -> bool:
+        """Whether the next call runs only compiled chains (no BLAS call, no NumPy step)."""
+        segments, chained = self._segments, chain.Chain | chain.LaneChain
+        return (segments is not None and self._generation == chain.generation()
+                and all(isinstance(s, chained) for s in segments))  # fmt: skip
+
     def _run_segments(self) -> list:
         if self._lanes is None:
             return self._run_chains()

@@ -68,6 +68,9 @@ class SplitPlan:
     def lanes(self) -> list[Plan]:
         return self.parts
 
+    def compiled_only(self) -> bool:
+        return all(part.compiled_only() for part in self.parts)
+
     def execute(self, run_step=None) -> list:
         """Every slice through every step, one slice per worker thread; ``run_step`` (a
         per-step hook: profiling, cross-check) runs the slices one after another instead."""
