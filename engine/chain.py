@@ -8,7 +8,9 @@ other. Steps that can be a single compiled call on fixed buffers (``Op.compiled_
 compiled convs on one thread, the compiled pool) are therefore grouped, each run of two or
 more into a generated numba function that calls their kernels in order: one GIL hand-off and
 one Python call per run. The buffers a plan binds never change, so the arguments are taken
-once, from the plan's first call.
+once, from the plan's first call, and passed as three tables (array addresses, lengths,
+scalars): numba's dispatch of the same arguments as tuples of arrays costs microseconds per
+array, with the GIL held.
 
 A plan below one image per core (engine/lanes.py) builds its runs as lane chains instead: each
 step split into phases of per-lane calls (``Op.lane_phases``), every lane running its share of
@@ -71,15 +73,6 @@ def _load(prefix: str, lines: list[str]):
     source = "\n".join([jit.MODULE_HEADER, *lines, ""])
     key = hashlib.sha256(source.encode()).hexdigest()[:12]
     return jit.load_source(f"{prefix}_{key}", source)
-
-
-def chain_function(kernels: list):
-    """A compiled ``chain(a0, a1, ...)`` calling ``kernels[i](*ai)`` in order."""
-    calls = [f"    K{index}(*a{index})" for index in range(len(kernels))]
-    params = ", ".join(f"a{i}" for i in range(len(kernels)))
-    lines = [*_imports(kernels), "", "", "@numba.njit(nogil=True, cache=True)",
-             f"def chain({params}):", *calls]  # fmt: skip
-    return _load(f"chain_{len(kernels)}", lines).chain
 
 
 #: engine/spin.py by content: numba's cache of a lane chain does not see changes to it
@@ -176,21 +169,41 @@ def lane_module(kernels: list, widths: list[int], kinds: list[str]):
     return _load(f"lanes_{len(kernels)}", source)
 
 
+def argument_tables(args: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The addresses and lengths of the arrays in ``args`` (calls after calls) and their
+    float32 scalars: what a ``lane_module`` body reads its calls' arguments from."""
+    arrays = [a for call in args for a in call if isinstance(a, np.ndarray)]
+    scalars = [a for call in args for a in call if isinstance(a, np.float32)]
+    addresses = np.array([a.ctypes.data for a in arrays], np.int64)
+    return addresses, np.array([a.size for a in arrays], np.int64), np.array(scalars, np.float32)
+
+
 class Chain:
-    """One run of steps: ``call()`` does what their ``op.run`` calls would."""
+    """One run of steps on one thread: ``call()`` does what their ``op.run`` calls would.
+
+    The body is a ``lane_module`` of one lane, run with its own control words (the slices of
+    a batch run their chains at once, each alone): its arguments come as three tables, where
+    numba's dispatch of the same calls as tuples of arrays took ~22 us (CIFAR net) holding the
+    GIL that the other slice's thread waits for."""
 
     def __init__(self, steps: list, calls: list[tuple]):
         self.steps = steps
-        self.function = chain_function([kernel for kernel, _ in calls])
-        self.args = tuple(args for _, args in calls)
+        kernels = [kernel for kernel, _ in calls]
+        module = lane_module(kernels, [1] * len(calls), [arg_kinds(a) for _, a in calls])
+        self.args = [args for _, args in calls]  # keeps the tables' arrays alive
+        self.tables = argument_tables(self.args)
+        self.words = np.zeros(8, np.int64)  # lane 0's barrier count (a cache line); no other lane
         # compiled (or loaded from the disk cache) now, during the plan's first call, not
         # during the next one, which may be a client's request
         numba, started = jit.compiler().numba, time.perf_counter()
-        self.function.compile(tuple(numba.typeof(args) for args in self.args))
+        i64, words = numba.int64, numba.typeof(self.words)
+        self.function = module.run
+        self.function.compile((words, words, i64, i64, i64,
+                               *(numba.typeof(table) for table in self.tables)))  # fmt: skip
         log.info("chain of %d kernels ready in %.2f s", len(calls), time.perf_counter() - started)
 
     def call(self) -> None:
-        self.function(*self.args)
+        self.function(self.words, self.words, 0, 1, 0, *self.tables)
 
 
 class LaneChain:
@@ -208,12 +221,7 @@ class LaneChain:
         # the tables the body reads its arguments from, lane after lane, phase after phase;
         # ``self.args`` keeps the arrays they point into alive
         self.args = [args for calls in phases for _, args in calls]
-        arrays = [a for args in self.args for a in args if isinstance(a, np.ndarray)]
-        self.addresses = np.array([a.ctypes.data for a in arrays], np.int64)
-        self.sizes = np.array([a.size for a in arrays], np.int64)
-        self.scalars = np.array([a for args in self.args for a in args
-                                 if isinstance(a, np.float32)], np.float32)  # fmt: skip
-        self.tables = (self.addresses, self.sizes, self.scalars)
+        self.tables = argument_tables(self.args)
         numba, started = jit.compiler().numba, time.perf_counter()
         i64, words = numba.int64, numba.typeof(self.lanes.ctrl)
         types = tuple(numba.typeof(table) for table in self.tables)
