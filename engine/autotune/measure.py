@@ -93,13 +93,15 @@ class Trial:
         self.scratch = Scratch(backend)
         self.timings: dict[str, Timing] = {}
         self.evict = cache_evictor() if backend.device == "cpu" else None
-        # in a plan that splits across lanes, compiled steps run as one chain (engine/chain.py)
-        self.chain_break_s = 2 * lane_call_s() if self._in_lanes() else 0.0
-
-    def _in_lanes(self) -> bool:
+        # in a CPU plan compiled steps run as chains (engine/chain.py): split across the
+        # lanes, or one batch slice's on its own thread
         from engine import chain
 
-        return chain.backend_lanes(self.backend) >= 2 and not self.spec.threads
+        self.chain_break_s, self.in_slice = 0.0, False
+        if chain.backend_lanes(backend) >= 2 and not spec.threads:
+            self.chain_break_s = 2 * lane_call_s()
+        elif spec.threads == 1 and chain.available(backend):
+            self.chain_break_s, self.in_slice = 2 * chain_call_s(), True
 
     def run(self, algo) -> float:
         """Seconds of one call of ``algo`` (device-synchronised), from cold private caches.
@@ -109,16 +111,25 @@ class Trial:
         lanes onto its chain (a switch goes through Python on the lane's thread; in a plan
         the lanes stay on one chain); one that is not compiled is charged ``chain_break_s``,
         two empty lane calls: in a plan it splits the chain in two, one more lane call,
-        and the compiled ones' timed lane call is one the chain does not make per step."""
+        and the compiled ones' timed lane call is one the chain does not make per step.
+        Likewise in a batch slice's plan (one thread): a compiled candidate's kernel is called
+        alone, without its Python wrapper, and the others are charged two empty chain calls
+        (the MobileNet slices' 1x1 convs went to BLAS by 1-10% margins that the Python
+        around a compiled conv made, each splitting the slice's chain)."""
         workspace = self.scratch.get(type(algo).workspace_elems(self.spec))
-        chained = self.chain_break_s and algo.run_in_lanes(
-            self.x, self.out, workspace, unsplit=True
+        call = algo.compiled_call(self.x, self.out, workspace) if self.in_slice else None
+        chained = (
+            call is not None
+            or self.chain_break_s
+            and algo.run_in_lanes(self.x, self.out, workspace, unsplit=True)
         )
         if self.evict is not None:
             self.evict()
         with self.backend.compute_scope():  # as the forward pass will run it
             start = self.backend.now()
-            if chained:
+            if call is not None:  # the kernel alone, as a chain calls it
+                call[0](*call[1])
+            elif chained:
                 algo.run_in_lanes(self.x, self.out, workspace, unsplit=True)
             else:
                 algo(self.x, self.out, workspace)
@@ -196,11 +207,22 @@ def lane_call_s() -> float:
     return statistics.median(times[1:])
 
 
-@functools.cache
-def _empty_chain():
-    from engine.chain import LaneChain
+def chain_call_s() -> float:
+    """Median seconds of calling a one-thread chain with nothing to do (engine/chain.py):
+    what a batch slice pays for one more chain in its pass."""
+    chain, times = _empty_chain(split=False), []
+    for _ in range(41):
+        start = time.perf_counter()
+        chain.call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
-    return LaneChain([], [])
+
+@functools.cache
+def _empty_chain(split: bool = True):
+    from engine.chain import Chain, LaneChain
+
+    return LaneChain([], []) if split else Chain([], [])
 
 
 class Scratch:

@@ -119,11 +119,14 @@ def test_two_models_from_two_threads_at_once(cifar):
     assert lane_chains(models[0]) and lane_chains(models[1])
 
 
-def test_the_tuner_times_compiled_candidates_as_chain_steps_and_charges_the_others():
+def test_the_tuner_times_compiled_candidates_as_chain_steps_and_charges_the_others(
+    monkeypatch,
+):
     """Below one image per core every compiled candidate, split or not, runs through a lane
     call (after an untimed one that moves the lanes onto it), with the reference's output; a
     candidate that is not compiled (BLAS) is charged two chain-switching lane calls. In a
-    batch slice (one thread per op) nothing is charged."""
+    batch slice (one thread per op) a compiled candidate's kernel runs alone, as a chain
+    calls it, and BLAS is charged two empty chain calls."""
     from engine.autotune.measure import Trial
     from engine.backends import resolve_backend
     from engine.conv import ALGORITHMS, ConvSpec, Epilogue
@@ -150,8 +153,19 @@ def test_the_tuner_times_compiled_candidates_as_chain_steps_and_charges_the_othe
         gemm = ALGORITHMS["gemm_1x1"](spec, weight, bias, backend)
         assert not gemm.run_in_lanes(trial.x, trial.out, trial.scratch.get(1), unsplit=True)
         assert trial.run(gemm) >= trial.chain_break_s
-        sliced = Trial(backend, dataclasses.replace(spec, threads=1))
-        assert sliced.chain_break_s == 0
+    # a batch slice's plan: the compiled kernel alone (never its Python wrapper), BLAS charged
+    sliced = Trial(backend, dataclasses.replace(spec, threads=1))
+    assert sliced.in_slice and sliced.chain_break_s > 0
+    sliced.run(ALGORITHMS["im2col_gemm"](sliced.spec, weight, bias, backend))
+    expected = sliced.out.copy()  # (the input is drawn per spec)
+    algo = ALGORITHMS["implicit_gemm"](sliced.spec, weight, bias, backend)
+    monkeypatch.setattr(type(algo), "__call__", lambda *args: pytest.fail("Python wrapper"))
+    sliced.out[...] = np.nan
+    assert sliced.run(algo) > 0  # (the wrapper would have failed the test)
+    assert rel_error(sliced.out, expected) < 1e-5
+    assert "_lane_chain" not in algo.__dict__
+    gemm = ALGORITHMS["gemm_1x1"](sliced.spec, weight, bias, backend)
+    assert sliced.run(gemm) >= sliced.chain_break_s
 
 
 @pytest.mark.parametrize("k, stride", [(128, 1), (192, 2), (80, 1)])
