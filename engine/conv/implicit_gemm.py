@@ -15,8 +15,6 @@ import numpy as np
 
 from engine import jit
 from engine.activations import apply_activation
-from engine.backends.base import pad_into
-from engine.backends.cpu_pad import pad_calls
 from engine.conv.base import ConvAlgorithm
 from engine.conv.microkernel import conv_source, epilogue_bounds
 from engine.conv.simd import tile_shape, vector_shape
@@ -78,18 +76,12 @@ class ImplicitGemm(ConvAlgorithm):
         self.parts = split_work(spec)
         self.geometry = [self._geometry(ph, pw, blocks, part) for part in self.parts]
 
-    @property
-    def pads_in_kernel(self) -> bool:
-        """Each thread pads its own images inside the kernel call; row bands (fewer images
-        than threads) share images, which are padded before the threads start."""
-        return self.spec.has_padding and self.spec.n >= len(self.parts)
-
     def _geometry(self, ph, pw, blocks, part) -> np.ndarray:
         s = self.spec
         n0, n1, oh0, oh1 = part
         return np.array([ph, pw, s.c, s.out_h, s.out_w, s.k, s.r, s.s, *s.strides,
                          *s.dilations, n0, n1, oh0, oh1, blocks, s.h, s.w, s.pads[0],
-                         s.pads[1], self.pads_in_kernel], np.int64)  # fmt: skip
+                         s.pads[1], s.has_padding], np.int64)  # fmt: skip
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec
@@ -99,8 +91,6 @@ class ImplicitGemm(ConvAlgorithm):
         if spec.has_padding:
             ph, pw = spec.padded_hw
             source = workspace[: spec.n * ph * pw * spec.c].reshape(spec.n, ph, pw, spec.c)
-            if not self.pads_in_kernel:
-                pad_into(source, x, spec.pads)
         calls = [(x, source, out, part, g) for part, g in zip(self.parts, self.geometry)]
         run_in_threads(self._part, calls)
 
@@ -126,10 +116,7 @@ class ImplicitGemm(ConvAlgorithm):
             convs = [(self.kernel, self._args(x, source, out, g)) for g in self.geometry]
         else:
             convs = [self._channel_call(x, source, out, b0, b1) for b0, b1 in blocks]
-        if not self.spec.has_padding or self.pads_in_kernel:
-            return [convs]
-        padded = source.reshape(self.spec.n, *self.spec.padded_hw, self.spec.c)
-        return [pad_calls(x, padded, *self.spec.pads[:2], lanes), convs]
+        return [convs]  # (each call pads the rows it reads)
 
     def _channel_shares(self, lanes: int) -> list[tuple[int, int]] | None:
         """Blocks of output channels per lane where the layer's weights outweigh its input

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from engine.backends.cpu_pad import ROWS_SOURCE
 from engine.jit import MODULE_HEADER
 
 #: the register tile's code generator, by content (see the module docstring)
@@ -35,7 +34,7 @@ PARAMS = (
 )  # fmt: skip
 
 #: after PARAMS in ``geometry``: the unpadded input's size and where it sits in the padded one,
-#: and whether the kernel pads it itself (PAD = 1: into ``xp``, images N0..N1)
+#: and whether the kernel pads it itself (PAD = 1: into ``xp``, the rows its share reads)
 PAD_PARAMS = ("H", "W", "TOP", "LEFT", "PAD")
 
 SIGNATURE = (
@@ -43,15 +42,42 @@ SIGNATURE = (
     " float32, float32, float32)"
 )
 
-#: ``pad_images``: NHWC images N0..N1 of ``x`` (H x W) into the middle of ``xp`` (HP x WP),
+#: ``pad_rows``: rows ROW0..ROW1 of the (N * HP, WP, C) padded images ``xp`` from NHWC ``x``
+#: (H x W) placed at (TOP, LEFT), zeros around; compiled into its callers
+ROWS_SOURCE = """
+@numba.njit(inline="always", **JIT)
+def pad_rows(x, xp, ROW0, ROW1, H, W, C, HP, WP, TOP, LEFT):
+    Z = np.float32(0.0)
+    for row in range(ROW0, ROW1):
+        n, hp = row // HP, row % HP
+        base = row * WP * C
+        h = hp - TOP
+        if h < 0 or h >= H:
+            for i in range(WP * C):
+                xp[U(base + i)] = Z
+            continue
+        for i in range(LEFT * C):
+            xp[U(base + i)] = Z
+        src = (n * H + h) * W * C
+        dst = base + LEFT * C
+        for i in range(W * C):
+            xp[U(dst + i)] = x[U(src + i)]
+        for i in range((LEFT + W) * C, WP * C):
+            xp[U(base + i)] = Z
+"""
+
+#: ``pad_images``: rows R0..R1 of the padded images N0..N1 (HP x WP) from NHWC ``x`` (H x W),
 #: zeros around; one pass, inside the kernel's GIL-free call (NumPy's pad is five calls, each a
-#: GIL hand-off when two batch slices run at once)
+#: GIL hand-off when two batch slices run at once). Each share of a conv pads the rows it reads
+#: before it reads them, so no share waits for another: rows two shares both read are written
+#: by both, with the same values.
 PAD_SOURCE = (
     ROWS_SOURCE
     + """
 @numba.njit(inline="always", **JIT)
-def pad_images(x, xp, N0, N1, H, W, C, HP, WP, TOP, LEFT):
-    pad_rows(x, xp, N0 * HP, N1 * HP, H, W, C, HP, WP, TOP, LEFT)
+def pad_images(x, xp, N0, N1, R0, R1, H, W, C, HP, WP, TOP, LEFT):
+    for n in range(N0, N1):
+        pad_rows(x, xp, n * HP + R0, n * HP + R1, H, W, C, HP, WP, TOP, LEFT)
 """
 )
 #: the largest float32: "unbounded" without infinities (the kernels assume none: ``ninf``)
@@ -127,8 +153,8 @@ def rows_source(pixels: int, vectors: int) -> str:
 def conv_source(pixels: int, vectors: int) -> str:
     """A module with ``conv(x, xp, w, bias, out, geometry, lo, hi, slope)``.
 
-    x: NHWC input (N, H, W, C); xp: the padded input (N, HP, WP, C), written here when PAD,
-    else already written (or x itself when there is no padding); w: (KBLOCKS, R, S, C, KB)
+    x: NHWC input (N, H, W, C); xp: the padded input (N, HP, WP, C), the rows this call reads
+    written here when PAD (else x itself: there is no padding); w: (KBLOCKS, R, S, C, KB)
     with K zero-padded to KBLOCKS * KB; bias: (KBLOCKS * KB,); out: (N, OH, OW, K); geometry:
     ``PARAMS + PAD_PARAMS``. Runs images N0..N1 and output rows OH0..OH1 (a thread's share)."""
     lines = [
@@ -139,8 +165,9 @@ def conv_source(pixels: int, vectors: int) -> str:
         f'@numba.njit("{SIGNATURE}", **JIT)',
         "def conv(x, xp, w, bias, out, geometry, lo, hi, slope):",
         f"    {', '.join(PARAMS + PAD_PARAMS)} = geometry",
-        "    if PAD:",
-        "        pad_images(x, xp, N0, N1, H, W, C, HP, WP, TOP, LEFT)",
+        "    if PAD and OH1 > OH0:  # the padded rows output rows OH0..OH1 read",
+        "        last = min(HP, (OH1 - 1) * SH + DH * (R - 1) + 1)",
+        "        pad_images(x, xp, N0, N1, OH0 * SH, last, H, W, C, HP, WP, TOP, LEFT)",
         f"    conv_rows(xp, w, bias, out, {', '.join(PARAMS)}, lo, hi, slope)",
         "",
     ]

@@ -9,8 +9,6 @@ import numpy as np
 
 from engine import jit
 from engine.activations import apply_activation
-from engine.backends.base import pad_into
-from engine.backends.cpu_pad import pad_calls
 from engine.conv.base import ConvAlgorithm
 from engine.conv.microkernel import epilogue_bounds
 from engine.conv.simd import tile_shape, vector_shape
@@ -61,7 +59,7 @@ class WinogradCompiled(ConvAlgorithm):
     @classmethod
     def parts(cls, spec: ConvSpec) -> list[tuple[int, int]]:
         """[t0, t1) of the flattened (N, TH, TW) tile grid per core, whole images when the
-        batch has one per core (each thread then pads its own images)."""
+        batch has one per core (each call pads the input rows its tiles read)."""
         th, tw = cls.tiles(spec)
         per_image = th * tw
         cores = spec.cores
@@ -121,19 +119,34 @@ class WinogradCompiled(ConvAlgorithm):
         s = self.spec
         _, hp, wp, _ = self.padded_shape(s)
         th, tw = self.tiles(s)
-        whole_images = s.n >= s.cores  # each thread pads its own images in the kernel call
         oh, ow = s.out_h // self.pool, s.out_w // self.pool
-        return np.array([hp, wp, s.c, oh, ow, s.k, th, tw, *part, self.chunk(s),
-                         self.u.shape[1], s.h, s.w, s.pads[0], s.pads[1], whole_images],
-                        np.int64)  # fmt: skip
+        return np.array(
+            [
+                hp,
+                wp,
+                s.c,
+                oh,
+                ow,
+                s.k,
+                th,
+                tw,
+                *part,
+                self.chunk(s),
+                self.u.shape[1],
+                s.h,
+                s.w,
+                s.pads[0],
+                s.pads[1],
+                1,
+            ],
+            np.int64,
+        )  # fmt: skip  (PAD: each call pads the rows it reads)
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec
         if len(self.geometry) > 1 and self.run_in_lanes(x, out, workspace):
             return
         padded, scratches = self._split(workspace)
-        if spec.n < spec.cores:  # threads share images: pad them all first
-            pad_into(padded, x, self._pads())
         calls = [(x, padded, out, g, scratch) for g, scratch in zip(self.geometry, scratches)]
         run_in_threads(self._part, calls)
         if self.after and spec.n < spec.cores:  # (whole images: each thread did its own)
@@ -151,29 +164,18 @@ class WinogradCompiled(ConvAlgorithm):
         e = self.spec.epilogue
         apply_activation(np, out, e.kind, e.alpha, e.beta)
 
-    def _pads(self) -> tuple[int, int, int, int]:
-        spec = self.spec
-        _, hp, wp, _ = self.padded_shape(spec)
-        top, left = spec.pads[0], spec.pads[1]
-        return top, left, hp - spec.h - top, wp - spec.w - left
-
     def compiled_call(self, x, out, workspace):
-        if len(self.geometry) != 1 or self.after or self.spec.n < self.spec.cores:
+        if len(self.geometry) != 1 or self.after:
             return None
         padded, scratches = self._split(workspace)
         return self.kernel, self._args(x, padded, out, self.geometry[0], scratches[0])
 
     def lane_phases(self, x, out, workspace, lanes):
-        spec = self.spec
         if self.after or len(self.geometry) > lanes:
             return None
         padded, scratches = self._split(workspace)
-        calls = [(self.kernel, self._args(x, padded, out, g, scratch))
-                 for g, scratch in zip(self.geometry, scratches)]  # fmt: skip
-        if spec.n >= spec.cores:  # each lane pads its own images
-            return [calls]
-        top, left, _, _ = self._pads()
-        return [pad_calls(x, padded, top, left, lanes), calls]
+        return [[(self.kernel, self._args(x, padded, out, g, scratch))
+                 for g, scratch in zip(self.geometry, scratches)]]  # fmt: skip
 
     def _args(self, x, padded, out, geometry, scratch) -> tuple:
         v = scratch[: self.positions() * self.chunk(self.spec) * self.spec.c]

@@ -75,7 +75,7 @@ def winograd_source(
     follows the activation in the output transform, and out (N, OH, OW, K) is the pooled map.
 
     x: the NHWC input (N, H, W, C); xp: x zero-padded to (N, HP, WP, C) with HP = m TH + 2,
-    WP = m TW + 2, written here (whole images T0..T1) when PAD, else already; u: transformed
+    WP = m TW + 2, the rows tiles T0..T1 read written here when PAD, else already; u: transformed
     filters (a*a, KBLOCKS, C, KB); bias (K,); zero_bias (KBLOCKS * KB,) zeros; out (N, OH, OW,
     K); v and m: (a*a, CHUNK, C) and (a*a, CHUNK, K) scratch; tiles T0..T1 of the flattened
     (N, TH, TW) tile grid."""
@@ -97,9 +97,11 @@ def winograd_source(
         *unpack,
         "    Z = np.float32(0.0)",
         "    tiles_per_image = TH * TW",
-        "    if PAD:",
-        "        pad_images(x, xp, T0 // tiles_per_image, T1 // tiles_per_image, H, W, C, HP, WP,"
-        " TOP, LEFT)",
+        "    if PAD and T1 > T0:  # the padded rows of tile rows T0 // TW .. (T1 - 1) // TW",
+        "        first, last = T0 // TW, (T1 - 1) // TW  # of the (N * TH) tile rows",
+        f"        r0 = first // TH * HP + {m} * (first % TH)",
+        f"        r1 = last // TH * HP + {m} * (last % TH) + {m + 2}",
+        "        pad_images(x, xp, 0, 1, r0, r1, H, W, C, HP, WP, TOP, LEFT)",
         "    ustride = KBLOCKS * C * KB",
         "    for c0 in range(T0, T1, CHUNK):",
         "        T = min(CHUNK, T1 - c0)",

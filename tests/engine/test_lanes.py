@@ -14,7 +14,6 @@ import pytest
 
 import engine.autotune as autotune
 from engine import jit, lanes, load_model
-from engine.backends.base import pad_into
 from engine.bench.nets import cifar_net, mobilenet
 from engine.chain import LaneChain
 from tests.engine.conv_cases import split_first
@@ -39,23 +38,36 @@ def test_atomics_load_store_and_swap():
     assert word.tolist() == [0, 0, 0, 11, 0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("shape,pads", [((1, 5, 7, 3), (1, 2)), ((3, 4, 4, 16), (0, 1))])
-@pytest.mark.parametrize("parts", [1, 2, 3, 50])
-def test_pad_rows_split_into_bands_matches_pad_into(shape, pads, parts):
-    from engine.backends.cpu_pad import pad_calls
+@pytest.mark.parametrize(
+    "name", ["implicit_gemm", "winograd_f2x2_compiled", "winograd_f4x4_compiled"]
+)
+@pytest.mark.parametrize("n, size, pads", [(1, 13, (1, 1, 1, 1)), (1, 10, (2, 0, 1, 2)),
+                                           (3, 9, (1, 2, 0, 1))])  # fmt: skip
+def test_each_share_pads_the_rows_it_reads(name, n, size, pads):
+    """A conv split across lanes is one phase: each lane's call pads the padded rows its own
+    share reads (rows at a share boundary written by both) into a workspace that holds
+    anything (NaN here), never waiting for a padding pass. Against a float64 reference."""
+    from engine.backends import resolve_backend
+    from engine.conv import ALGORITHMS, ConvSpec
+    from tests.engine.reference import conv2d_nchw
 
-    rng = np.random.default_rng(parts)
-    x = rng.standard_normal(shape).astype(np.float32)
-    n, h, w, c = shape
-    top, left = pads
-    padded = np.full((n, h + top + 2, w + left + 1, c), np.nan, np.float32)
-    calls = pad_calls(x, padded, top, left, parts)
-    assert len(calls) == min(parts, n * padded.shape[1])
-    for kernel, args in calls:
-        kernel(*args)
-    expected = np.empty_like(padded)
-    pad_into(expected, x, (top, left, 2, 1))
-    assert np.array_equal(padded, expected)
+    backend = resolve_backend("cpu")
+    rng = np.random.default_rng(size)
+    spec = ConvSpec(n, 16, size, size + 3, 24, 3, 3, pads)
+    weight = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    algo = ALGORITHMS[name](spec, weight, bias, backend)
+    workspace = np.empty(type(algo).workspace_elems(spec), np.float32)
+    out = np.empty((n, spec.out_h, spec.out_w, 24), np.float32)
+    with lanes.held(0.1):
+        for _ in range(3):  # fresh inputs, the workspace poisoned before each call
+            x = rng.standard_normal((n, 16, size, size + 3)).astype(np.float32)
+            workspace[...], out[...] = np.nan, np.nan
+            algo(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), out, workspace)
+            expected = conv2d_nchw(x, weight, bias, pads, (1, 1))
+            assert rel_error(out.transpose(0, 3, 1, 2), expected) < 1e-4
+    phases = algo.lane_phases(x, out, workspace, lanes.lane_count())
+    assert len(phases) == 1
 
 
 @pytest.fixture
@@ -172,7 +184,7 @@ def test_the_tuner_times_compiled_candidates_as_chain_steps_and_charges_the_othe
 def test_deep_layers_on_small_maps_split_output_channels_across_lanes(k, stride):
     """Weights that outweigh the input: each lane computes a block of output channels for
     every pixel (from its own weights, bias and output offsets), where every block is full;
-    else bands of rows. Against a float64 reference, with the padding split first."""
+    else bands of rows. Against a float64 reference."""
     from engine.backends import resolve_backend
     from engine.conv import ALGORITHMS, ConvSpec, Epilogue
     from tests.engine.reference import conv2d_nchw
