@@ -3,8 +3,10 @@
 onnxruntime's profile (``SessionOptions.enable_profiling``) times each node it ran, after its
 own fusions: a Conv node there includes the BatchNormalization folded into it and the
 activation fused after it, as the engine's conv step does. Its nodes are named after the fused
-graph, so they are matched to the engine's conv layers by order and output shape (both run the
-same graph in topological order); a layer without a match shows no onnxruntime figure.
+graph, so they are matched to the engine's conv layers by input and weight shapes, in order
+among equal ones (a residual block's 1x1 downsampling conv has the output shape of the 3x3
+conv beside it, and the two engines order them differently); a layer without a match shows no
+onnxruntime figure.
 
 The engine's figure is the tuner's time for the layer's winner (medians of timed runs with the
 caches flushed in between, ``engine/autotune/measure.py``): for a bucket run as batch slices
@@ -26,7 +28,8 @@ PROFILED_RUNS = 20
 
 
 def onnxruntime_conv_ms(model_bytes: bytes, x) -> list[tuple[tuple, float]]:
-    """(output shape N, K, OH, OW; median ms) of each Conv node onnxruntime ran, in order."""
+    """((input shape N, C, H, W, weight shape K, C/groups, R, S), median ms) of each Conv node
+    onnxruntime ran, in order."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -48,7 +51,8 @@ def onnxruntime_conv_ms(model_bytes: bytes, x) -> list[tuple[tuple, float]]:
         if not event["name"].endswith("_kernel_time"):
             continue
         durations.setdefault(event["name"], []).append(event["dur"] / 1e3)
-        shapes[event["name"]] = tuple(args["output_type_shape"][0]["float"])
+        x_shape, w_shape = (tuple(*i.values()) for i in args["input_type_shape"][:2])
+        shapes[event["name"]] = (*x_shape, *w_shape)
     return [(shapes[name], statistics.median(ms[2:] or ms)) for name, ms in durations.items()]
 
 
@@ -63,7 +67,7 @@ def layer_rows(model, batch: int, onnxruntime_convs: list[tuple[tuple, float]]) 
         spec, choice = step.op.spec, step.op.choice
         entry = model.tuner.entries.get(model.tuner.key(spec)) or {}
         gflop = spec.flops() / spec.n * batch / 1e9
-        shape = (batch, spec.k, spec.out_h, spec.out_w)
+        shape = (batch, spec.c, spec.h, spec.w, spec.k, spec.c // spec.groups, spec.r, spec.s)
         ort_ms = next((ms for s, ms in remaining if s == shape), None)
         if ort_ms is not None:
             del remaining[next(i for i, (s, _) in enumerate(remaining) if s == shape)]
