@@ -20,12 +20,10 @@ from engine.conv.winograd_source import winograd_source
 from engine.threads import run_in_threads
 
 
-def winograd_kernel(base: type[Winograd3x3], pixels: int, vectors: int, pool: int = 1):
-    """The compiled driver of ``base``'s transforms for one GEMM register tile, with a fused
-    ``pool`` x ``pool`` max-pool when ``pool`` > 1."""
-    source = winograd_source(base.BT, base.AT, pixels, vectors, pool)
-    name = f"winograd_f{base.m}_p{pixels}_v{vectors}" + (f"_pool{pool}" if pool > 1 else "")
-    return jit.load_source(name, source).winograd
+def winograd_kernel(base: type[Winograd3x3], pixels: int, vectors: int):
+    """The compiled driver of ``base``'s transforms for one GEMM register tile."""
+    source = winograd_source(base.BT, base.AT, pixels, vectors)
+    return jit.load_source(f"winograd_f{base.m}_p{pixels}_v{vectors}", source).winograd
 
 
 class WinogradCompiled(ConvAlgorithm):
@@ -86,10 +84,10 @@ class WinogradCompiled(ConvAlgorithm):
 
     def __init__(self, spec, weight, bias, backend):
         super().__init__(spec, weight, bias, backend)
-        self.pixels, self.vectors = tile_shape(spec.k)
-        self.kb = self.vectors * vector_shape()[0]
+        self.pixels, vectors = tile_shape(spec.k)
+        self.kb = vectors * vector_shape()[0]
         self.pool = 1
-        self.kernel = winograd_kernel(self.base, self.pixels, self.vectors)
+        self.kernel = winograd_kernel(self.base, self.pixels, vectors)
         layout = f"winograd_f{self.base.m}_k{self.kb}"
         self.u = self.shared(layout, weight, lambda: self.blocked(weight))
         self.zero_bias = np.zeros(self.u.shape[1] * self.kb, np.float32)
@@ -99,10 +97,11 @@ class WinogradCompiled(ConvAlgorithm):
         self.geometry = [self._geometry(part) for part in self.parts(spec)]
 
     def fuse_pool(self, size: int) -> bool:
-        if self.after or size < 2 or self.base.m % size:
-            return False  # (an activation applied afterwards must come before the pool)
+        """2 x 2 pools (the kernel's POOL), where the activation is fused too (one applied
+        afterwards would come after the max)."""
+        if self.after or size != 2:
+            return False
         self.pool = size
-        self.kernel = winograd_kernel(self.base, self.pixels, self.vectors, size)
         self.geometry = [self._geometry(part) for part in self.parts(self.spec)]
         return True
 
@@ -116,31 +115,14 @@ class WinogradCompiled(ConvAlgorithm):
         return np.ascontiguousarray(padded.reshape(shape).transpose(0, 2, 1, 3))
 
     def _geometry(self, part) -> np.ndarray:
+        """The kernel's PARAMS, PAD_PARAMS (PAD: each call pads the rows it reads) and POOL."""
         s = self.spec
         _, hp, wp, _ = self.padded_shape(s)
         th, tw = self.tiles(s)
         oh, ow = s.out_h // self.pool, s.out_w // self.pool
-        return np.array(
-            [
-                hp,
-                wp,
-                s.c,
-                oh,
-                ow,
-                s.k,
-                th,
-                tw,
-                *part,
-                self.chunk(s),
-                self.u.shape[1],
-                s.h,
-                s.w,
-                s.pads[0],
-                s.pads[1],
-                1,
-            ],
-            np.int64,
-        )  # fmt: skip  (PAD: each call pads the rows it reads)
+        return np.array([hp, wp, s.c, oh, ow, s.k, th, tw, *part, self.chunk(s),
+                         self.u.shape[1], s.h, s.w, s.pads[0], s.pads[1], 1, self.pool],
+                        np.int64)  # fmt: skip
 
     def __call__(self, x, out, workspace) -> None:
         spec = self.spec

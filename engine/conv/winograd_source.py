@@ -47,10 +47,10 @@ def _input_transform(m: int) -> list[str]:
     ]
 
 
-def _output_transform(m: int) -> list[str]:
-    """out[tile pixels] = activation((A^T M A) + bias) for each of the chunk's tiles, then
-    max-pooled when OUTPUT_TILE pools (``m`` is then the pooled tile's side; OH, OW the
-    pooled output's)."""
+def _output_transform(m: int, tile: str) -> list[str]:
+    """out[tile pixels] = activation((A^T M A) + bias) for each of the chunk's tiles by the
+    intrinsic ``tile``, which may max-pool them (``m`` is then the pooled tile's side; OH, OW
+    the pooled output's)."""
     return [
         "for t in range(T):",
         *["    " + line for line in _tile_position(m)],
@@ -58,7 +58,7 @@ def _output_transform(m: int) -> list[str]:
         f"    rows = min({m}, OH - row0)",
         f"    cols = min({m}, OW - col0)",
         "    for k in range(0, K, LANES):",
-        "        OUTPUT_TILE(m, t * K, T * K, bias, k, K - k, out, ob, OW * K, K, rows, cols, lo,"
+        f"        {tile}(m, t * K, T * K, bias, k, K - k, out, ob, OW * K, K, rows, cols, lo,"
         " hi, slope)",
     ]
 
@@ -67,12 +67,11 @@ def _constant(matrix: np.ndarray) -> str:
     return repr(tuple(tuple(float(v) for v in row) for row in matrix))
 
 
-def winograd_source(
-    bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int, pool: int = 1
-) -> str:
+def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -> str:
     """A module with ``winograd(x, xp, u, bias, zero_bias, out, v, m, geometry, lo, hi,
-    slope)``; with ``pool`` > 1 a max-pool of ``pool`` x ``pool`` windows at stride ``pool``
-    follows the activation in the output transform, and out (N, OH, OW, K) is the pooled map.
+    slope)``; with POOL = 2 (the last entry of ``geometry``, after ``PAD_PARAMS``) a 2 x 2
+    max-pool at stride 2 follows the activation in the output transform, and out (N, OH, OW, K)
+    is the pooled map (one kernel either way: a second would double the compile time).
 
     x: the NHWC input (N, H, W, C); xp: x zero-padded to (N, HP, WP, C) with HP = m TH + 2,
     WP = m TW + 2, the rows tiles T0..T1 read written here when PAD, else already; u: transformed
@@ -80,7 +79,7 @@ def winograd_source(
     K); v and m: (a*a, CHUNK, C) and (a*a, CHUNK, K) scratch; tiles T0..T1 of the flattened
     (N, TH, TW) tile grid."""
     a, m = bt.shape[0], at.shape[0]
-    unpack = [f"    {', '.join(PARAMS + PAD_PARAMS)} = geometry"]
+    unpack = [f"    {', '.join(PARAMS + PAD_PARAMS)}, POOL = geometry"]
     gemm = ("conv_rows(v[e * T * C :], u[e * ustride :], zero_bias, m[e * T * K :],"
             " 1, T, C, 1, T, K, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, KBLOCKS, -BIG, BIG, Z)")  # fmt: skip
     lines = [
@@ -89,7 +88,8 @@ def winograd_source(
         rows_source(pixels, vectors),
         "LANES = simd.vector_shape()[0]",
         f"INPUT_TILE = simd.winograd_input_tile({_constant(bt)})",
-        f"OUTPUT_TILE = simd.winograd_output_tile({_constant(at)}, {pool})",
+        f"OUTPUT_TILE = simd.winograd_output_tile({_constant(at)}, 1)",
+        f"POOLED_TILE = simd.winograd_output_tile({_constant(at)}, 2)",
         f"BIG = np.float32({FLOAT32_MAX!r})",
         "",
         f'@numba.njit("{SIGNATURE}", **JIT)',
@@ -108,7 +108,10 @@ def winograd_source(
         *["        " + line for line in _input_transform(m)],
         f"        for e in range({a * a}):",
         f"            {gemm}",
-        *["        " + line for line in _output_transform(m // pool)],
+        "        if POOL > 1:",
+        *["            " + line for line in _output_transform(m // 2, "POOLED_TILE")],
+        "        else:",
+        *["            " + line for line in _output_transform(m, "OUTPUT_TILE")],
         "",
     ]
     return "\n".join(lines)

@@ -85,14 +85,16 @@ def test_winograd_pools_in_its_output_transform(monkeypatch, name, activation, n
 
 
 @pytest.mark.skipif(not jit.available(), reason="numba missing: no compiled Winograd")
-def test_a_4x4_pool_fuses_into_f4x4_and_not_into_f2x2(monkeypatch):
+@pytest.mark.parametrize("name", WINOGRAD)
+def test_a_4x4_pool_runs_after_the_compiled_winograd(monkeypatch, name):
+    """The kernels pool 2 x 2 windows only; the op pools a 4 x 4 one from the workspace."""
+    forced(monkeypatch, name)
     rng = np.random.default_rng(7)
-    for name, fused in (("winograd_f4x4_compiled", True), ("winograd_f2x2_compiled", False)):
-        forced(monkeypatch, name)
-        proto, shape = conv_pool_model(rng, 1, 8, 20, 16, "relu", window=4)
-        model = checked(proto, shape, rng)
-        assert conv_steps(model)[0].op.pooled is fused
-        assert "MaxPool" not in step_ops(model)  # the op pools after the conv either way
+    proto, shape = conv_pool_model(rng, 1, 8, 20, 16, "relu", window=4)
+    model = checked(proto, shape, rng)
+    first = conv_steps(model)[0].op
+    assert first.pool == 4 and not first.pooled
+    assert "MaxPool" not in step_ops(model)
 
 
 @pytest.mark.parametrize("name", ["im2col_gemm", "winograd_f2x2_3x3", *WINOGRAD])
