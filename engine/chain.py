@@ -178,6 +178,16 @@ def argument_tables(args: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return addresses, np.array([a.size for a in arrays], np.int64), np.array(scalars, np.float32)
 
 
+def compiled_body(module, words: np.ndarray, tables: tuple):
+    """``module.run`` (a ``lane_module``) compiled, or loaded from the disk cache, now for
+    these control words and tables: during the plan's first call, not during the next one,
+    which may be a client's request."""
+    numba = jit.compiler().numba
+    i64, word = numba.int64, numba.typeof(words)
+    module.run.compile((word, word, i64, i64, i64, *(numba.typeof(t) for t in tables)))
+    return module.run
+
+
 class Chain:
     """One run of steps on one thread: ``call()`` does what their ``op.run`` calls would.
 
@@ -193,13 +203,8 @@ class Chain:
         self.args = [args for _, args in calls]  # keeps the tables' arrays alive
         self.tables = argument_tables(self.args)
         self.words = np.zeros(8, np.int64)  # lane 0's barrier count (a cache line); no other lane
-        # compiled (or loaded from the disk cache) now, during the plan's first call, not
-        # during the next one, which may be a client's request
-        numba, started = jit.compiler().numba, time.perf_counter()
-        i64, words = numba.int64, numba.typeof(self.words)
-        self.function = module.run
-        self.function.compile((words, words, i64, i64, i64,
-                               *(numba.typeof(table) for table in self.tables)))  # fmt: skip
+        started = time.perf_counter()
+        self.function = compiled_body(module, self.words, self.tables)
         log.info("chain of %d kernels ready in %.2f s", len(calls), time.perf_counter() - started)
 
     def call(self) -> None:
@@ -222,11 +227,8 @@ class LaneChain:
         # ``self.args`` keeps the arrays they point into alive
         self.args = [args for calls in phases for _, args in calls]
         self.tables = argument_tables(self.args)
-        numba, started = jit.compiler().numba, time.perf_counter()
-        i64, words = numba.int64, numba.typeof(self.lanes.ctrl)
-        types = tuple(numba.typeof(table) for table in self.tables)
-        self.function = module.run
-        self.function.compile((words, words, i64, i64, i64, *types))
+        started = time.perf_counter()
+        self.function = compiled_body(module, self.lanes.ctrl, self.tables)
         self.job = self.lanes.register(self)
         log.info("lane chain of %d phases ready in %.2f s", len(phases),
                  time.perf_counter() - started)  # fmt: skip

@@ -84,13 +84,9 @@ class ImplicitGemm(ConvAlgorithm):
                          s.pads[1], s.has_padding], np.int64)  # fmt: skip
 
     def __call__(self, x, out, workspace) -> None:
-        spec = self.spec
         if len(self.parts) > 1 and self.run_in_lanes(x, out, workspace):
             return
-        source = x
-        if spec.has_padding:
-            ph, pw = spec.padded_hw
-            source = workspace[: spec.n * ph * pw * spec.c].reshape(spec.n, ph, pw, spec.c)
+        source = self._source(x, workspace)  # (each call pads the rows it reads)
         calls = [(x, source, out, part, g) for part, g in zip(self.parts, self.geometry)]
         run_in_threads(self._part, calls)
 

@@ -76,12 +76,19 @@ class Conv(Op):
             self._pool(target, outs[0])
         return outs
 
+    @property
+    def pool_window(self) -> tuple:
+        """The fused pool as the pool kernels' (kind, kernel, strides, dilations, pads,
+        count_include_pad)."""
+        p = self.pool
+        return "max", (p, p), (p, p), (1, 1), (0, 0, 0, 0), False
+
     def _pool(self, full, out) -> None:
         """out = the max over each p x p window of ``full`` (one kernel where the backend has
         one, e.g. inside a captured CUDA graph; NumPy's reduction otherwise)."""
         p, backend = self.pool, self.ctx.backend
         if backend.native_pool:
-            backend.pool(full, out, "max", (p, p), (p, p), (1, 1), (0, 0, 0, 0), False)
+            backend.pool(full, out, *self.pool_window)
             return
         n, ph, pw, k = out.shape
         self.xp.max(full[:, : ph * p, : pw * p].reshape(n, ph, p, pw, p, k), axis=(2, 4), out=out)
@@ -113,9 +120,7 @@ class Conv(Op):
             return None
         from engine.backends.cpu_pool import pool_calls
 
-        p = self.pool
-        return [*phases, pool_calls(target, outs[0], "max", (p, p), (p, p), (1, 1), (0, 0, 0, 0),
-                                    False, lanes)]  # fmt: skip
+        return [*phases, pool_calls(target, outs[0], *self.pool_window, lanes)]
 
     def _fall_back(self, error) -> bool:
         """After an out-of-memory failure, switch for good to the tuner's runner-up that fits

@@ -84,32 +84,25 @@ def test_winograd_pools_in_its_output_transform(monkeypatch, name, activation, n
     assert first.algorithm.name == name and first.pooled and first.pool == 2
 
 
-@pytest.mark.skipif(not jit.available(), reason="numba missing: no compiled Winograd")
-@pytest.mark.parametrize("name", WINOGRAD)
-def test_a_4x4_pool_runs_after_the_compiled_winograd(monkeypatch, name):
-    """The kernels pool 2 x 2 windows only; the op pools a 4 x 4 one from the workspace."""
-    forced(monkeypatch, name)
-    rng = np.random.default_rng(7)
-    proto, shape = conv_pool_model(rng, 1, 8, 20, 16, "relu", window=4)
-    model = checked(proto, shape, rng)
-    first = conv_steps(model)[0].op
-    assert first.pool == 4 and not first.pooled
-    assert "MaxPool" not in step_ops(model)
-
-
-@pytest.mark.parametrize("name", ["im2col_gemm", "winograd_f2x2_3x3", *WINOGRAD])
-def test_algorithms_that_cannot_pool_run_the_pool_after_the_conv(monkeypatch, name):
+@pytest.mark.parametrize("name, activation, window, size, seed", [
+    *[(name, "hardswish", 2, 15, 3) for name in ("im2col_gemm", "winograd_f2x2_3x3", *WINOGRAD)],
+    *[(name, "relu", 4, 20, 7) for name in WINOGRAD],
+])  # fmt: skip
+def test_algorithms_that_cannot_pool_run_the_pool_after_the_conv(
+    monkeypatch, name, activation, window, size, seed
+):
     """A conv whose activation must come before the max (HardSwish is not monotonic, and the
-    compiled Winograd applies it after its kernel) or whose algorithm has no pooled output
-    stage: the op pools the full map from its workspace."""
+    compiled Winograd applies it after its kernel), whose algorithm has no pooled output
+    stage, or whose window the kernels do not take (they pool 2 x 2 only): the op pools the
+    full map from its workspace."""
     if name in WINOGRAD and not jit.available():
         pytest.skip("numba missing: no compiled Winograd")
     forced(monkeypatch, name)
-    rng = np.random.default_rng(3)
-    proto, shape = conv_pool_model(rng, 1, 8, 15, 16, "hardswish", window=2)
+    rng = np.random.default_rng(seed)
+    proto, shape = conv_pool_model(rng, 1, 8, size, 16, activation, window=window)
     model = checked(proto, shape, rng)
     first = conv_steps(model)[0].op
-    assert first.pool == 2 and not first.pooled
+    assert first.pool == window and not first.pooled
     assert "MaxPool" not in step_ops(model)
 
 
