@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+# Every activation a conv epilogue can apply; the index is its code in the CUDA kernels
+# (engine/kernels/), so append only.
+ACTIVATIONS = (
+    "none",
+    "relu",
+    "leaky_relu",
+    "clip",
+    "sigmoid",
+    "hard_sigmoid",
+    "hard_swish",
+    "tanh",
+)
+
 
 def apply_activation(xp, y, kind: str, alpha: float = 0.0, beta: float = 0.0) -> None:
     """Overwrite ``y`` with ``activation(y)``.

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from engine.activations import apply_activation
+from engine.arrays import pad_into
 
 
 class Backend:
@@ -101,14 +102,3 @@ class Backend:
     def fingerprint(self) -> dict:
         """Everything that changes which algorithm is fastest on this device."""
         raise NotImplementedError
-
-
-def pad_into(padded, x, pads, value=0.0) -> None:
-    """Write NHWC ``x`` into the middle of ``padded`` and fill only the border with ``value``."""
-    top, left, bottom, right = pads
-    h, w = x.shape[1], x.shape[2]
-    padded[:, top : top + h, left : left + w, :] = x
-    padded[:, :top] = value
-    padded[:, top + h :] = value
-    padded[:, top : top + h, :left] = value
-    padded[:, top : top + h, left + w :] = value

@@ -14,8 +14,8 @@ from importlib import resources
 
 import numpy as np
 
+from engine.activations import ACTIVATIONS
 from engine.backends.base import Backend
-from engine.conv.spec import ACTIVATIONS
 from engine.errors import DeviceUnavailableError
 
 THREADS_PER_BLOCK = 256

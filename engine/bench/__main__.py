@@ -151,8 +151,8 @@ def main(argv=None) -> int:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# engine.bench, {now}\n\nMachine: {machine()}\n\nCommand: `python -m engine.bench "
           f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n")  # fmt: skip
-    if args.device == "cuda":  # GPU runners, graphs and SGEMM rate: engine/cuda/bench.py
-        from engine.cuda.bench import main as cuda_main
+    if args.device == "cuda":  # GPU runners, graphs and SGEMM rate: engine/bench/cuda.py
+        from engine.bench.cuda import main as cuda_main
 
         return cuda_main(args, workdir, cache)
     load_start = os.getloadavg()[0]

@@ -5,18 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from engine.activations import ACTIVATIONS
 from engine.threads import cpu_cores
-
-ACTIVATIONS = (
-    "none",
-    "relu",
-    "leaky_relu",
-    "clip",
-    "sigmoid",
-    "hard_sigmoid",
-    "hard_swish",
-    "tanh",
-)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from engine.backends.base import pad_into
+from engine.arrays import pad_into
 from engine.conv.base import ConvAlgorithm
 from engine.conv.spec import ConvSpec
 

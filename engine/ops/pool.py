@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.backends.base import pad_into
+from engine.arrays import pad_into
 from engine.errors import UnsupportedModelError
 from engine.ops.base import NHWC, PLAIN, Op, register
 from engine.ops.window import output_size, resolve_pads, spatial_params

@@ -12,6 +12,7 @@ and SIGTERM ends it inside the grace period.
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,11 +65,18 @@ def _install(root: Path) -> tuple[Path, set[Path]]:
     package files the build context held (relative paths)."""
     _lay_out("build", root)
     source = root / "src"
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    excluded = find["find"].get("exclude", [])  # left out on purpose (the benchmark)
     packaged = {
         p.relative_to(source)
         for package in ("engine", "service")
         for p in (source / package).rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and not any(
+            fnmatch.fnmatchcase(".".join(p.relative_to(source).parent.parts), pattern)
+            for pattern in excluded
+        )
     }
     wheels = root / "wheels"
     subprocess.run(

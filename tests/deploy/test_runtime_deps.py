@@ -66,8 +66,9 @@ def _imports(name: str, path: Path) -> set[str]:
     return names
 
 
-def reachable_third_party(entries: tuple[str, ...]) -> set[str]:
-    """Top-level third-party modules imported by the code reachable from ``entries``."""
+def _walk(entries: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """The project's modules reachable from ``entries`` by imports, and the top-level third-party
+    modules they import."""
     modules = _modules()
     todo = [e for e in entries if e in modules]
     assert todo, f"none of {entries} exists"
@@ -84,7 +85,12 @@ def reachable_third_party(entries: tuple[str, ...]) -> set[str]:
                 todo.append(imported)
             elif top not in PACKAGES and top not in sys.stdlib_module_names:
                 outside.add(top)
-    return outside
+    return seen, outside
+
+
+def reachable_third_party(entries: tuple[str, ...]) -> set[str]:
+    """Top-level third-party modules imported by the code reachable from ``entries``."""
+    return _walk(entries)[1]
 
 
 @functools.cache
@@ -169,3 +175,28 @@ def test_gpu_packages_are_never_imported_at_import_time() -> None:
     for name, path in _modules().items():
         imported = {m.split(".")[0] for m in import_time_imports(ast.parse(path.read_text()))}
         assert not gpu_only_modules(imported - set(PACKAGES)), name
+
+
+def test_the_benchmark_is_not_shipped() -> None:
+    """`python -m engine.bench` runs from a checkout: the wheel (so the image) leaves it out, and
+    nothing the service or the tuner runs imports it."""
+    import setuptools
+
+    find = dict(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"][
+            "find"
+        ]
+    )
+    # pyproject.toml's find includes namespace packages (folders without __init__.py) by default.
+    finder = (
+        setuptools.find_namespace_packages
+        if find.pop("namespaces", True)
+        else setuptools.find_packages
+    )
+    shipped = set(finder(str(ROOT), **find))
+    assert {"engine", "engine.cuda", "engine.conv", "service"} <= shipped
+    assert not {p for p in shipped if p == "engine.bench" or p.startswith("engine.bench.")}
+    assert (ROOT / "engine" / "bench" / "__main__.py").exists()
+    served, _ = _walk(ENTRY_POINTS + tuple(e + ".__main__" for e in ENTRY_POINTS))
+    assert "engine.backends" in served and "service.app" in served
+    assert not {m for m in served if m.startswith("engine.bench")}

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-MODULES = ["engine.cuda.bench", "engine.cuda.cublas", "engine.cuda.graphs",
-           "engine.cuda.memory", "engine.cuda.precision", "engine.cuda.transfer",
+MODULES = ["engine.bench.cuda", "engine.cuda.cublas", "engine.cuda.graphs",
+           "engine.cuda.memory", "engine.cuda.precision", "engine.bench.streamed",
            "engine.backends.cupy_backend"]  # fmt: skip
 
 

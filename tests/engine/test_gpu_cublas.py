@@ -279,7 +279,7 @@ def test_every_bucket_is_captured(cuda_backend, cifar_path):
 @pytest.mark.gpu
 def test_streamed_batches_match_one_by_one(cuda_backend, cifar_path):
     from engine import load_model
-    from engine.cuda.transfer import StreamedRunner
+    from engine.bench.streamed import StreamedRunner
 
     model = load_model(cifar_path, "cuda", (1, 4, 8), autotune_mode="off")
     rng = np.random.default_rng()

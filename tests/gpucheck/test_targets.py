@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from engine.cuda.bench import table as bench_table
+from engine.bench.cuda import table as bench_table
 from gpucheck.targets import evaluate, tables
 from loadtests.compare_servers import LoadResult
 from loadtests.compare_servers import table as service_table

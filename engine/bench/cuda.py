@@ -157,7 +157,7 @@ def streamed_calls(model, x):
     """One call runs STREAMED_BATCHES batches with copies overlapped with compute."""
     from collections import deque
 
-    from engine.cuda.transfer import StreamedRunner
+    from engine.bench.streamed import StreamedRunner
 
     runner = StreamedRunner(model, model.backend.execute)
     batches = [x] * STREAMED_BATCHES
