@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.autotune import Autotuner
+from engine.autotune import Autotuner, inpass
 from engine.backends import NumpyBackend, resolve_backend
 from engine.crosscheck import CrossCheckError, cross_check
 from engine.errors import InputShapeError, OutOfMemoryError
@@ -63,10 +63,11 @@ class Model:
                 lane.bind(arena)
         self.output_shape = tuple(self.plans[(self.batch_sizes[0], *self.input_shape)]
                                   .values[self.graph.outputs[0].name].shape[1:])  # fmt: skip
-        tuner.save()
         self.last_stats = EngineStats()
         self.source = None  # the ONNX file (path, bytes or ModelProto), set by load_model
         self.crosscheck: dict | None = None  # the last cross-check's summary
+        inpass.refine(self)  # close calls on big-weight layers, settled by whole passes
+        tuner.save()
 
     @property
     def device(self) -> str:

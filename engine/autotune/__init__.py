@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.autotune import inpass
 from engine.autotune.cache import CacheFile, make_header
 from engine.autotune.measure import Timing, measure
 from engine.conv import ALGORITHMS, REFERENCE, ConvAlgorithm, ConvSpec, candidates
@@ -45,6 +46,8 @@ class Choice:
     ms: float | None = None  # the winner's tuned time, when it was timed
     weight: np.ndarray | None = field(default=None, repr=False, compare=False)
     bias: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: workspace the planner holds for the runners-up timed in the pass (autotune/inpass.py)
+    spare_elems: int = 0
 
 
 @dataclass
@@ -186,7 +189,9 @@ class Autotuner:
         self.tuned_keys.add(key)
         self.dirty = True
         runners_up = [t.name for t in valid[1:]]
-        return Choice(winner, "tuned", runners_up, valid[0].ms, weight, bias)
+        tried = inpass.tries(self.entries[key], spec, self.backend.device)
+        spare = max((ALGORITHMS[name].workspace_elems(spec) for name in tried), default=0)
+        return Choice(winner, "tuned", runners_up, valid[0].ms, weight, bias, spare)
 
     def save(self) -> None:
         """Write new results to the cache file (tune-missing and force modes, only on change)."""

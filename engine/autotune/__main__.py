@@ -51,7 +51,12 @@ def describe(spec: ConvSpec) -> str:
 
 def candidate_rows(entry: dict) -> list[tuple[str, float, str]]:
     """(name, ms, note) for the winner, the runners-up and the rejected, fastest first."""
-    rows = [(entry["winner"], entry.get("ms", math.nan), "winner")]
+    note = "winner"
+    for record in entry.get("in_pass", []):  # engine/autotune/inpass.py
+        if record.get("replaced"):
+            note = (f"winner in the pass: {record['ms']:.3f} ms vs {record['winner_ms']:.3f} ms"
+                    f" of {record['replaced']}")  # fmt: skip
+    rows = [(entry["winner"], entry.get("ms", math.nan), note)]
     rows += [(r["name"], r.get("ms", math.nan), "") for r in entry.get("runners_up", [])]
     rows += [(r["name"], math.inf, r.get("reason", "rejected")) for r in entry.get("rejected", [])]
     return rows

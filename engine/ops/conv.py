@@ -51,7 +51,8 @@ class Conv(Op):
 
     @property
     def workspace_bytes(self) -> int:
-        return 4 * (self.full_elems + type(self.algorithm).workspace_elems(self.spec))
+        elems = max(type(self.algorithm).workspace_elems(self.spec), self.choice.spare_elems)
+        return 4 * (self.full_elems + elems)
 
     def _buffers(self, out):
         """(where the conv writes, the algorithm's workspace): the output itself, or the
