@@ -1,20 +1,18 @@
-"""The tuner's second look: close calls on big-weight layers settled by whole forward passes.
+"""The tuner's second look: close calls on big-weight layers settled inside forward passes.
 
 Per-layer timing (engine/autotune/measure.py) evicts the private caches before each run, but a
 layer's weights stay in the shared L3 cache between its timed runs. In a forward pass the other
 layers' weights and activations go through L3 in between, so a layer whose weights outgrow L2
-pays to stream them in, and the algorithm that reads fewer bytes can win the pass while losing
-the per-layer timing: ResNet-18's 512-channel 3x3 convs at batch 1 (weights 9.4 MB; Winograd
-F(2x2) reads 16.8 MB of transformed ones) won per-layer with Winograd (1.32 vs 1.68 ms) and lost
-the pass by 2 ms of 20 with it (measured on a 2-core Emerald Rapids VM).
+pays to stream them in, and an algorithm that reads fewer weight bytes can win the pass while
+losing the per-layer timing: ResNet-18's 512-channel 3x3 convs at batch 1 (weights 9.4 MB;
+Winograd F(2x2) reads 16.8 MB of transformed ones) won per-layer with Winograd (1.32 vs 1.68
+ms) and lost the pass by 2 ms of 20 with it (measured on a 2-core Emerald Rapids VM).
 
 So on a CPU, after a model's plans are built, for each layer shape tuned in this process whose
-weights exceed L2 and whose per-layer runners-up came within ``CLOSE`` of the winner, forward
-passes run with the winner and with each such runner-up (``MAX_TRIES``) in alternating blocks,
-the steps of that shape timed in place, and the faster stays. The comparison is written into
-the cache entry (``in_pass``), so a restart loads the result and times nothing. Measured on
-that VM: ResNet-18 224x224 batch 1 0.85-0.88x onnxruntime -> 0.99x (both 512-channel shapes
-went to implicit GEMM), 64x64 0.84x -> 0.86x; a load spent 4-6 s more tuning.
+winner reads more weight bytes than L2 holds, the runners-up within ``CLOSE`` of it that read
+fewer (``MAX_TRIES``) are timed in place: forward passes step by step in alternating blocks,
+the steps of that shape timed. The faster stays, and the comparison is written into the cache
+entry (``in_pass``), so a restart loads the result and times nothing.
 """
 
 from __future__ import annotations
@@ -36,13 +34,14 @@ CLOSE = 1.5  # runners-up within this factor of the per-layer winner are tried i
 MAX_TRIES = 2  # runners-up tried per layer shape
 PAIRS = 6  # alternating (winner, runner-up) blocks per comparison
 BLOCK_S = 0.04  # each block repeats the pass for at least this long
-MIN_GAIN = 0.98  # a runner-up replaces the winner when its median pass time is below this ratio
-BUDGET_S = 6.0  # per model load: comparisons stop when it is spent (the biggest layers go first)
+MIN_GAIN = 0.98  # a runner-up replaces the winner when its median time is below this ratio
+BUDGET_S = 6.0  # per model load: comparisons stop when it is spent (the most weight bytes first)
 
 
 def refine(model, budget_s: float | None = None) -> None:
-    """Settle the model's close per-layer calls on big-weight layers by whole passes (see the
-    module docstring); smaller buckets first, the layers with the most pass time first."""
+    """Settle the model's close per-layer calls on big-weight layers in forward passes (see
+    the module docstring); smaller buckets first, the layers that read the most weight bytes
+    first."""
     tuner = model.tuner
     if tuner.mode == "off" or model.backend.device != "cpu":
         return
@@ -56,7 +55,7 @@ def refine(model, budget_s: float | None = None) -> None:
         if groups:
             x = rng.standard_normal(shape).astype(np.float32)
             model.backend.copy_to(plan.inputs[model.input_name], x)
-        for key, ops in sorted(groups.items(), key=lambda g: -_share(tuner, *g)):
+        for key, ops in sorted(groups.items(), key=lambda g: -_weight_traffic(tuner, *g)):
             for name in _tries(model, key, ops):
                 if time.perf_counter() > deadline:
                     log.info("autotune: in-pass comparisons stopped at their %.0f s budget",
@@ -67,14 +66,16 @@ def refine(model, budget_s: float | None = None) -> None:
 
 
 def _groups(model, plan) -> dict[str, list]:
-    """This plan's conv ops by cache key, for the keys tuned in this process and not yet
-    compared, whose weights outgrow L2; each key's ops across every plan of the model (a key
-    is one choice wherever it occurs)."""
-    tuner, l2 = model.tuner, l2_bytes()
-    keys = {
-        tuner.key(step.op.spec) for step in plan.conv_steps() if _weight_bytes(step.op.spec) > l2
-    }
-    keys = {k for k in keys if k in tuner.tuned_keys and "in_pass" not in tuner.entries[k]}
+    """This plan's conv ops by cache key, for the keys tuned in this process with something
+    to try and not yet compared; each key's ops across every plan of the model (a key is one
+    choice wherever it occurs)."""
+    tuner, device = model.tuner, model.backend.device
+    keys = set()
+    for step in plan.conv_steps():
+        key = tuner.key(step.op.spec)
+        fresh = key in tuner.tuned_keys and "in_pass" not in tuner.entries[key]
+        if fresh and tries(tuner.entries[key], step.op.spec, device):
+            keys.add(key)
     groups = defaultdict(list)
     for other in model.plans.values():
         for step in other.conv_steps():
@@ -84,22 +85,27 @@ def _groups(model, plan) -> dict[str, list]:
     return groups
 
 
-def _weight_bytes(spec) -> int:
-    return 4 * spec.k * (spec.c // spec.groups) * spec.r * spec.s
-
-
-def _share(tuner, key: str, ops: list) -> float:
-    return (tuner.entries[key].get("ms") or 0.0) * len(ops)
+def _weight_traffic(tuner, key: str, ops: list) -> int:
+    """Weight bytes the winner reads for these ops in one pass."""
+    return ALGORITHMS[tuner.entries[key]["winner"]].weight_bytes(ops[0].spec) * len(ops)
 
 
 def tries(entry: dict, spec, device: str) -> list[str]:
     """The runners-up of a freshly tuned ``entry`` that ``refine`` will time in the pass: on a
-    CPU, for weights over L2, the first MAX_TRIES within CLOSE of the winner. (The planner
-    sizes the layer's workspace for them too: ``Choice.spare_elems``.)"""
-    if device != "cpu" or _weight_bytes(spec) <= l2_bytes():
+    CPU, where the winner reads more weight bytes than L2 holds, the first MAX_TRIES within
+    CLOSE of it that read fewer (the effect the per-layer timing misses favours only those).
+    None in a batch slice's plan (``spec.threads == 1``): run step by step, its slices would
+    take turns, each on one core, where the pass runs them at once. (The planner sizes the
+    layer's workspace for these too: ``Choice.spare_elems``.)"""
+    winner = ALGORITHMS.get(entry["winner"])
+    if device != "cpu" or spec.threads or winner is None:
         return []
-    close = [r["name"] for r in entry["runners_up"] if r["ms"] <= CLOSE * entry["ms"]]
-    return [name for name in close if name in ALGORITHMS][:MAX_TRIES]
+    most = winner.weight_bytes(spec)
+    if most <= l2_bytes():
+        return []
+    names = [r["name"] for r in entry["runners_up"] if r["ms"] <= CLOSE * entry["ms"]]
+    fewer = [n for n in names if n in ALGORITHMS and ALGORITHMS[n].weight_bytes(spec) < most]
+    return fewer[:MAX_TRIES]
 
 
 def _tries(model, key: str, ops: list) -> list[str]:

@@ -32,6 +32,12 @@ class ConvAlgorithm:
         raise NotImplementedError
 
     @classmethod
+    def weight_bytes(cls, spec: ConvSpec) -> int:
+        """Bytes of re-laid weights one call reads (the tuner's in-pass check asks which
+        candidates read fewer: engine/autotune/inpass.py)."""
+        return 4 * spec.k * (spec.c // spec.groups) * spec.r * spec.s
+
+    @classmethod
     def workspace_elems(cls, spec: ConvSpec) -> int:
         """float32 elements of scratch space needed per call."""
         return 0

@@ -42,6 +42,10 @@ class Winograd3x3(ConvAlgorithm):
     min_tiles_per_chunk: ClassVar[int] = 128
 
     @classmethod
+    def weight_bytes(cls, spec: ConvSpec) -> int:
+        return 4 * spec.k * spec.c * (cls.m + 2) ** 2  # U: one (m+2)^2 tile per filter
+
+    @classmethod
     def applicable(cls, spec: ConvSpec) -> bool:
         return (
             (spec.r, spec.s) == (3, 3)

@@ -40,6 +40,10 @@ class WinogradCompiled(ConvAlgorithm):
         return cls.base.applicable(spec) and spec.layout == "NHWC" and jit.available()
 
     @classmethod
+    def weight_bytes(cls, spec: ConvSpec) -> int:
+        return cls.base.weight_bytes(spec)
+
+    @classmethod
     def positions(cls) -> int:
         return (cls.base.m + 2) ** 2
 
