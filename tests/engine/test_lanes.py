@@ -39,7 +39,8 @@ def test_atomics_load_store_and_swap():
 
 
 @pytest.mark.parametrize(
-    "name", ["implicit_gemm", "winograd_f2x2_compiled", "winograd_f4x4_compiled"]
+    "name",
+    ["implicit_gemm", "implicit_gemm_narrow", "winograd_f2x2_compiled", "winograd_f4x4_compiled"],
 )
 @pytest.mark.parametrize("n, size, pads", [(1, 13, (1, 1, 1, 1)), (1, 10, (2, 0, 1, 2)),
                                            (3, 9, (1, 2, 0, 1))])  # fmt: skip
