@@ -114,7 +114,8 @@ class Autotuner:
             source = "tuned" if key in self.tuned_keys else "cache"
             winner = ALGORITHMS[entry["winner"]](spec, weight, bias, self.backend)
             names = [r["name"] for r in entry["runners_up"]]
-            return Choice(winner, source, names, entry.get("ms"), weight, bias)
+            spare = self._spare_elems(key, spec)
+            return Choice(winner, source, names, entry.get("ms"), weight, bias, spare)
         self.stats.misses += 1
         if self.mode == "readonly":
             return self.default(spec, weight, bias)
@@ -189,9 +190,16 @@ class Autotuner:
         self.tuned_keys.add(key)
         self.dirty = True
         runners_up = [t.name for t in valid[1:]]
-        tried = inpass.tries(self.entries[key], spec, self.backend.device)
-        spare = max((ALGORITHMS[name].workspace_elems(spec) for name in tried), default=0)
+        spare = self._spare_elems(key, spec)
         return Choice(winner, "tuned", runners_up, valid[0].ms, weight, bias, spare)
+
+    def _spare_elems(self, key: str, spec: ConvSpec) -> int:
+        """Workspace for the runners-up the in-pass check will try on a key tuned in this
+        process (engine/autotune/inpass.py), for every layer of that key."""
+        if key not in self.tuned_keys:
+            return 0
+        tried = inpass.tries(self.entries[key], spec, self.backend.device)
+        return max((ALGORITHMS[name].workspace_elems(spec) for name in tried), default=0)
 
     def save(self) -> None:
         """Write new results to the cache file (tune-missing and force modes, only on change)."""

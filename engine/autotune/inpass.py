@@ -56,7 +56,8 @@ def refine(model, budget_s: float | None = None) -> None:
             x = rng.standard_normal(shape).astype(np.float32)
             model.backend.copy_to(plan.inputs[model.input_name], x)
         for key, ops in sorted(groups.items(), key=lambda g: -_weight_traffic(tuner, *g)):
-            for name in _tries(model, key, ops):
+            # (every op's workspace holds them: Choice.spare_elems)
+            for name in tries(tuner.entries[key], ops[0].spec, model.backend.device):
                 if time.perf_counter() > deadline:
                     log.info("autotune: in-pass comparisons stopped at their %.0f s budget",
                              budget_s)  # fmt: skip
@@ -108,21 +109,13 @@ def tries(entry: dict, spec, device: str) -> list[str]:
     return fewer[:MAX_TRIES]
 
 
-def _tries(model, key: str, ops: list) -> list[str]:
-    """``tries`` that every op's planned workspace holds."""
-    names = tries(model.tuner.entries[key], ops[0].spec, model.backend.device)
-    return [name for name in names
-            if all(op.workspace.nbytes // 4 >= op.full_elems
-                   + ALGORITHMS[name].workspace_elems(op.spec) for op in ops)]  # fmt: skip
-
-
 def _compare(model, plan, key: str, ops: list, name: str) -> None:
     """Time ``ops`` inside whole passes with the current choice and with ``name``, in
     alternating blocks; keep ``name`` when it is faster by MIN_GAIN; record both in the cache
     entry (milliseconds of the layers with this key in one pass of ``plan``)."""
     tuner = model.tuner
     entry = tuner.entries[key]
-    current = [(op.choice, op.algorithm) for op in ops]
+    current = [op.choice for op in ops]  # (op.algorithm is its choice's algorithm)
     built = [ALGORITHMS[name](op.spec, op.choice.weight, op.choice.bias, model.backend)
              for op in ops]  # fmt: skip
     samples = {entry["winner"]: [], name: []}
@@ -130,26 +123,24 @@ def _compare(model, plan, key: str, ops: list, name: str) -> None:
         for pair in range(PAIRS):
             order = (False, True) if pair % 2 == 0 else (True, False)
             for trying in order:
-                for op, (_, algorithm), other in zip(ops, current, built):
-                    op.algorithm = other if trying else algorithm
+                for op, choice, other in zip(ops, current, built):
+                    op.algorithm = other if trying else choice.algorithm
                 samples[name if trying else entry["winner"]].append(_block(plan, ops))
     except Exception as failure:  # the per-layer winner stays; the model must still load
         log.warning("autotune: %s failed in the pass on %s: %r", name, key, failure)
-        for op, (_, algorithm) in zip(ops, current):
-            op.algorithm = algorithm
+        for op, choice in zip(ops, current):
+            op.algorithm = choice.algorithm
         return
     old, new = statistics.median(samples[entry["winner"]]), statistics.median(samples[name])
     record = {"name": name, "ms": round(new * 1e3, 4), "winner_ms": round(old * 1e3, 4)}
     better = decide(samples[entry["winner"]], samples[name])
     log.info("autotune: %s in the pass: %s %.3f ms vs %s %.3f ms%s", key, entry["winner"],
              old * 1e3, name, new * 1e3, " (switched)" if better else "")  # fmt: skip
-    for op, (choice, algorithm), other in zip(ops, current, built):
+    for op, choice, other in zip(ops, current, built):
         if better:
             runners = [entry["winner"], *(r for r in choice.runners_up if r != name)]
             op.choice = dataclasses.replace(choice, algorithm=other, runners_up=runners)
-            op.algorithm = other
-        else:
-            op.algorithm = algorithm
+        op.algorithm = op.choice.algorithm
     if better:
         record["replaced"] = entry["winner"]
         runners = [r for r in entry["runners_up"] if r["name"] != name]
