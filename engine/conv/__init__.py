@@ -8,7 +8,7 @@ from engine.conv.gemm_1x1 import Gemm1x1
 from engine.conv.im2col_gemm import Im2colGemm
 from engine.conv.im2col_gemm_chunked import Im2colGemmChunked
 from engine.conv.im2col_gemm_tf32 import Im2colGemmTF32
-from engine.conv.implicit_gemm import ImplicitGemm, ImplicitGemmNarrow
+from engine.conv.implicit_gemm import ImplicitGemm, ImplicitGemmMap, ImplicitGemmNarrow
 from engine.conv.parallel import Im2colGemmBands, one_thread_variant, parallel_variant
 from engine.conv.spec import ConvSpec, Epilogue
 from engine.conv.winograd_compiled import WinogradF2x2Compiled, WinogradF4x4Compiled
@@ -20,7 +20,13 @@ REFERENCE = Im2colGemm.name
 _BASE = (Im2colGemm, Gemm1x1, Im2colGemmChunked, WinogradF2x2, WinogradF4x4, DepthwiseDirect)
 _PARALLEL = tuple(parallel_variant(algo) for algo in _BASE)
 #: numba-compiled, threaded by themselves (not applicable where numba is missing)
-_COMPILED = (ImplicitGemm, ImplicitGemmNarrow, WinogradF2x2Compiled, WinogradF4x4Compiled)
+_COMPILED = (
+    ImplicitGemm,
+    ImplicitGemmNarrow,
+    ImplicitGemmMap,
+    WinogradF2x2Compiled,
+    WinogradF4x4Compiled,
+)
 _ONE_THREAD = tuple(one_thread_variant(algo) for algo in _COMPILED)
 
 ALGORITHMS: dict[str, type[ConvAlgorithm]] = {

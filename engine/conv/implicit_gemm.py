@@ -16,8 +16,8 @@ import numpy as np
 from engine import jit
 from engine.activations import apply_activation
 from engine.conv.base import ConvAlgorithm
-from engine.conv.microkernel import conv_source, epilogue_bounds
-from engine.conv.simd import tile_shape, vector_shape
+from engine.conv.microkernel import conv_source, epilogue_bounds, map_source
+from engine.conv.simd import MAX_PIXELS, tile_shape, vector_shape
 from engine.conv.spec import ConvSpec, Epilogue
 from engine.lanes import shares
 from engine.threads import run_in_threads
@@ -68,7 +68,7 @@ class ImplicitGemm(ConvAlgorithm):
         super().__init__(spec, weight, bias, backend)
         self.pixels, vectors = self.tile(spec)
         self.kb = vectors * vector_shape()[0]
-        self.kernel = conv_kernel(self.pixels, vectors)
+        self.kernel = self._kernel(vectors)
         layout = f"implicit_gemm_k{self.kb}"
         self.weights = self.shared(layout, weight, lambda: blocked_weights(weight, self.kb))
         blocks = self.weights.shape[0]
@@ -78,8 +78,14 @@ class ImplicitGemm(ConvAlgorithm):
         self.after = bounds is None  # an activation the kernel does not fuse runs afterwards
         self.bounds = tuple(np.float32(v) for v in (bounds or epilogue_bounds(Epilogue())))
         ph, pw = spec.padded_hw
-        self.parts = split_work(spec)
+        self.parts = self._split(spec)
         self.geometry = [self._geometry(ph, pw, blocks, part) for part in self.parts]
+
+    def _kernel(self, vectors: int):
+        return conv_kernel(self.pixels, vectors)
+
+    def _split(self, spec: ConvSpec) -> list[tuple[int, int, int, int]]:
+        return split_work(spec)
 
     def _geometry(self, ph, pw, blocks, part) -> np.ndarray:
         s = self.spec
@@ -89,7 +95,8 @@ class ImplicitGemm(ConvAlgorithm):
                          s.pads[1], s.has_padding], np.int64)  # fmt: skip
 
     def __call__(self, x, out, workspace) -> None:
-        if len(self.parts) > 1 and self.run_in_lanes(x, out, workspace):
+        splits = len(self.parts) > 1 or self._channel_shares(2) is not None
+        if splits and self.run_in_lanes(x, out, workspace):
             return
         source = self._source(x, workspace)  # (each call pads the rows it reads)
         calls = [(x, source, out, part, g) for part, g in zip(self.parts, self.geometry)]
@@ -109,14 +116,14 @@ class ImplicitGemm(ConvAlgorithm):
     def lane_phases(self, x, out, workspace, lanes):
         if self.after or len(self.parts) > lanes:
             return None
-        if len(self.parts) == 1:
-            return super().lane_phases(x, out, workspace, lanes)
         source = self._source(x, workspace)
         blocks = self._channel_shares(lanes)
-        if blocks is None:
-            convs = [(self.kernel, self._args(x, source, out, g)) for g in self.geometry]
-        else:
+        if blocks is not None:
             convs = [self._channel_call(x, source, out, b0, b1) for b0, b1 in blocks]
+        elif len(self.parts) == 1:
+            return super().lane_phases(x, out, workspace, lanes)
+        else:
+            convs = [(self.kernel, self._args(x, source, out, g)) for g in self.geometry]
         return [convs]  # (each call pads the rows it reads)
 
     def _channel_shares(self, lanes: int) -> list[tuple[int, int]] | None:
@@ -179,3 +186,33 @@ class ImplicitGemmNarrow(ImplicitGemm):
         # 7 or 14 pixels: two kernels cover every row width (fewer compiles); 7 for rows
         # narrower than 14, so that a 7-wide row is one tile
         return (7 if spec.out_w < 14 else 14), cls.VECTORS
+
+
+class ImplicitGemmMap(ImplicitGemm):
+    """``implicit_gemm`` with each image's whole output map as one register tile (maps of at
+    most MAX_PIXELS pixels over more than one row): a block of weights is read once per image,
+    not once per output row. Work is split by images, or (one image) by output channels."""
+
+    name = "implicit_gemm_map"
+
+    @classmethod
+    def applicable(cls, spec: ConvSpec) -> bool:
+        pixels = spec.out_h * spec.out_w
+        return super().applicable(spec) and spec.out_h > 1 and pixels <= MAX_PIXELS
+
+    @classmethod
+    def tile(cls, spec: ConvSpec) -> tuple[int, int]:
+        pixels = spec.out_h * spec.out_w
+        _, registers = vector_shape()
+        vectors = tile_shape(spec.k)[1]
+        while vectors > 1 and pixels * vectors + vectors + 1 > registers:
+            vectors //= 2
+        return pixels, vectors
+
+    def _kernel(self, vectors: int):
+        s = self.spec
+        name = f"conv_map{s.out_h}x{s.out_w}_v{vectors}"
+        return jit.load_source(name, map_source(s.out_h, s.out_w, vectors)).conv
+
+    def _split(self, spec: ConvSpec) -> list[tuple[int, int, int, int]]:
+        return [(a, b, 0, spec.out_h) for a, b in shares(spec.n, min(spec.n, spec.cores))]

@@ -106,7 +106,7 @@ def tile_call(pixels: int, pixel: str) -> str:
     return (
         f"TILE_{pixels}(x, ((n * HP + oh * SH) * WP + {pixel} * SW) * C, SW * C, DH * WP * C,"
         f" DW * C, R, S, C, w, wbase, bias, k0, K - k0, out, obase + {pixel} * K, K, lo, hi,"
-        " slope)"
+        " slope, 0, 0)"
     )
 
 
@@ -169,6 +169,36 @@ def conv_source(pixels: int, vectors: int) -> str:
         "        last = min(HP, (OH1 - 1) * SH + DH * (R - 1) + 1)",
         "        pad_images(x, xp, N0, N1, OH0 * SH, last, H, W, C, HP, WP, TOP, LEFT)",
         f"    conv_rows(xp, w, bias, out, {', '.join(PARAMS)}, lo, hi, slope)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def map_source(rows: int, cols: int, vectors: int) -> str:
+    """A module with ``conv`` as in ``conv_source``, for outputs of exactly ``rows`` x ``cols``
+    pixels (OH0 = 0, OH1 = OH): each image's whole output map is one register tile, so that
+    each block of weights is read once per image, from memory once, instead of once per row.
+    For the deep layers of a net on a small map (ResNet-18's 512-channel 3x3 convs on 2x2
+    outputs at 64x64 input), which stream their weights and do little else."""
+    lines = [
+        HEADER,
+        PAD_SOURCE,
+        f"KB = {vectors} * simd.vector_shape()[0]",
+        f"TILE = simd.conv_tile({rows * cols}, {vectors}, {cols})",
+        "",
+        "",
+        f'@numba.njit("{SIGNATURE}", **JIT)',
+        "def conv(x, xp, w, bias, out, geometry, lo, hi, slope):",
+        f"    {', '.join(PARAMS + PAD_PARAMS)} = geometry",
+        "    if PAD:",
+        "        pad_images(x, xp, N0, N1, 0, HP, H, W, C, HP, WP, TOP, LEFT)",
+        "        x = xp",
+        "    for kblock in range(KBLOCKS):",
+        "        k0 = kblock * KB",
+        "        for n in range(N0, N1):",
+        "            TILE(x, n * HP * WP * C, SW * C, DH * WP * C, DW * C, R, S, C, w,"
+        " kblock * R * S * C * KB, bias, k0, K - k0, out, n * OH * OW * K, K, lo, hi, slope,"
+        " SH * WP * C, OW * K)",
         "",
     ]
     return "\n".join(lines)

@@ -48,19 +48,20 @@ def tile_shape(k: int) -> tuple[int, int]:
 
 
 @functools.cache
-def conv_tile(pixels: int, vectors: int):
+def conv_tile(pixels: int, vectors: int, cols: int | None = None):
     """The intrinsic ``tile(x, xb, xstep, rstride, sstride, R, S, C, w, wb, bias, k0, nk, out,
-    ob, ostep, lo, hi, slope)``.
+    ob, ostep, lo, hi, slope, xrow, orow)``.
 
-    Pixel p's input channel c at kernel tap (r, s) is ``x[xb + p*xstep + r*rstride + s*sstride
-    + c]``; the weights of that tap and channel are ``w[wb + ((r*S + s)*C + c)*KB ...]`` (KB =
-    vectors * LANES consecutive output channels); pixel p's outputs go to ``out[ob + p*ostep +
-    k0 ...]``, only the first ``nk`` of them when ``nk < KB``; ``bias[k0 ...]`` must hold KB
-    values."""
+    The tile's pixels lie in rows of ``cols`` (default: one row of ``pixels``); pixel p = i *
+    cols + j's input channel c at kernel tap (r, s) is ``x[xb + i*xrow + j*xstep + r*rstride +
+    s*sstride + c]``; the weights of that tap and channel are ``w[wb + ((r*S + s)*C + c)*KB
+    ...]`` (KB = vectors * LANES consecutive output channels); pixel p's outputs go to ``out[ob
+    + i*orow + j*ostep + k0 ...]``, only the first ``nk`` of them when ``nk < KB``; ``bias[k0
+    ...]`` must hold KB values."""
     from engine.conv.simd_codegen import make_conv_tile
 
     lanes, _ = vector_shape()
-    return make_conv_tile(pixels, vectors, lanes)
+    return make_conv_tile(pixels, vectors, lanes, cols or pixels)
 
 
 def _matrix(rows: tuple) -> np.ndarray:

@@ -93,7 +93,14 @@ def array_pointers(context, builder, signature, args, positions) -> list:
     return values
 
 
-def _accumulate(vec: _Vectors, pixels: int, vectors: int, a, accs) -> None:
+def _offset(b, a, p: int, width: int, row: str, step: str):
+    """Where pixel ``p`` of a tile ``width`` pixels wide sits: (p // width) * a[row] +
+    (p % width) * a[step]."""
+    offset = b.mul(ir.Constant(I64, p % width), a[step])
+    return b.add(b.mul(ir.Constant(I64, p // width), a[row]), offset) if p >= width else offset
+
+
+def _accumulate(vec: _Vectors, pixels: int, vectors: int, a, accs, width: int) -> None:
     """The R x S x C loop: accs[p][v] += x(p, r, s, c) * w(r, s, c, v)."""
     b = vec.builder
     kb = ir.Constant(I64, vec.lanes * vectors)
@@ -110,21 +117,21 @@ def _accumulate(vec: _Vectors, pixels: int, vectors: int, a, accs) -> None:
                 weights = [vec.load(a["w"], b.add(wq, ir.Constant(I64, v * vec.lanes)))
                            for v in range(vectors)]  # fmt: skip
                 for p in range(pixels):
-                    xi = b.add(b.add(xs, b.mul(ir.Constant(I64, p), a["xstep"])), c)
+                    xi = b.add(b.add(xs, _offset(b, a, p, width, "xrow", "xstep")), c)
                     value = vec.splat(b.load(b.gep(a["x"], [xi])))
                     for v in range(vectors):
                         acc = b.load(accs[p][v])
                         b.store(vec.call("llvm.fma", value, weights[v], acc), accs[p][v])
 
 
-def _store(vec: _Vectors, pixels: int, vectors: int, a, accs) -> None:
+def _store(vec: _Vectors, pixels: int, vectors: int, a, accs, width: int) -> None:
     """Bias, activation and the (masked) stores of the tile."""
     b = vec.builder
     bias = [vec.load(a["bias"], b.add(a["k0"], ir.Constant(I64, v * vec.lanes)))
             for v in range(vectors)]  # fmt: skip
     lo, hi, slope = (vec.splat(a[name]) for name in ("lo", "hi", "slope"))
     for p in range(pixels):
-        base = b.add(b.add(a["ob"], b.mul(ir.Constant(I64, p), a["ostep"])), a["k0"])
+        base = b.add(b.add(a["ob"], _offset(b, a, p, width, "orow", "ostep")), a["k0"])
         for v in range(vectors):
             y = b.fadd(b.load(accs[p][v]), bias[v])
             clamped = vec.call("llvm.minnum", vec.call("llvm.maxnum", y, lo), hi)
@@ -134,10 +141,10 @@ def _store(vec: _Vectors, pixels: int, vectors: int, a, accs) -> None:
 
 
 NAMES = ("x", "xb", "xstep", "rstride", "sstride", "R", "S", "C", "w", "wb", "bias", "k0", "nk",
-         "out", "ob", "ostep", "lo", "hi", "slope")  # fmt: skip
+         "out", "ob", "ostep", "lo", "hi", "slope", "xrow", "orow")  # fmt: skip
 
 
-def make_conv_tile(pixels: int, vectors: int, lanes: int):
+def make_conv_tile(pixels: int, vectors: int, lanes: int, width: int):
     """The intrinsic documented at ``engine.conv.simd.conv_tile``."""
 
     def codegen(context, builder, signature, args):
@@ -145,18 +152,18 @@ def make_conv_tile(pixels: int, vectors: int, lanes: int):
         vec = _Vectors(builder, lanes)
         accs = [[cgutils.alloca_once_value(builder, vec.zero) for _ in range(vectors)]
                 for _ in range(pixels)]  # fmt: skip
-        _accumulate(vec, pixels, vectors, values, accs)
-        _store(vec, pixels, vectors, values, accs)
+        _accumulate(vec, pixels, vectors, values, accs, width)
+        _store(vec, pixels, vectors, values, accs, width)
         return context.get_dummy_value()
 
     def typer(typingctx, x, xb, xstep, rstride, sstride, R, S, C, w, wb, bias, k0, nk, out, ob,
-              ostep, lo, hi, slope):  # fmt: skip
+              ostep, lo, hi, slope, xrow, orow):  # fmt: skip
         # numba passes each argument's type by name (NAMES); a *args signature is not accepted
         args = (x, xb, xstep, rstride, sstride, R, S, C, w, wb, bias, k0, nk, out, ob, ostep,
-                lo, hi, slope)  # fmt: skip
+                lo, hi, slope, xrow, orow)  # fmt: skip
         return types.void(*args), codegen
 
-    typer.__name__ = f"conv_tile_p{pixels}_v{vectors}"
+    typer.__name__ = f"conv_tile_p{pixels}_v{vectors}" + (f"_w{width}" if width < pixels else "")
     return intrinsic(typer)
 
 

@@ -19,7 +19,8 @@ EPILOGUES = (
 )
 
 # (n, c, h, w, k, r, s, pads (t, l, b, r), strides, dilations, groups): odd sizes, channels that
-# are not multiples of 8, batch 1 and 7, asymmetric pads, strides, dilations, groups.
+# are not multiples of 8, batch 1 and 7, asymmetric pads, strides, dilations, groups, a map
+# small enough to be one register tile.
 SHAPES = (
     (1, 3, 7, 9, 5, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
     (7, 5, 6, 5, 6, 3, 3, (0, 1, 2, 0), (1, 1), (1, 1), 1),
@@ -35,6 +36,7 @@ SHAPES = (
     (1, 3, 8, 7, 4, 5, 3, (2, 1, 2, 1), (1, 1), (1, 1), 1),
     (2, 3, 16, 15, 8, 7, 7, (3, 3, 3, 3), (2, 2), (1, 1), 1),
     (2, 64, 12, 12, 33, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    (3, 10, 3, 4, 7, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
 )
 
 

@@ -27,8 +27,8 @@ from tests.engine.conv_cases import (
 from tests.engine.reference import rel_error
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPILED = ("implicit_gemm", "implicit_gemm_narrow", "winograd_f2x2_compiled",
-            "winograd_f4x4_compiled")  # fmt: skip
+COMPILED = ("implicit_gemm", "implicit_gemm_narrow", "implicit_gemm_map",
+            "winograd_f2x2_compiled", "winograd_f4x4_compiled")  # fmt: skip
 #: the same on the calling thread only (offered below one image per core)
 ONE_THREAD = tuple(f"{name}_1t" for name in COMPILED)
 BACKEND = NumpyBackend()
@@ -48,6 +48,13 @@ SHAPES = (
     # 7-wide rows, the lanes splitting 128 channels at batch 1
     (1, 16, 17, 17, 72, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
     (1, 64, 7, 7, 128, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    # one output row at batch 1: the lanes split the channels; whole-map tiles: a 2x2 map split
+    # by channels, 4x3 maps (stride 2) split by images with 40 channels, a 3x4 map padded
+    # unevenly with 24 channels
+    (1, 32, 1, 6, 128, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    (1, 64, 2, 2, 128, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    (3, 16, 7, 6, 40, 3, 3, (1, 1, 1, 1), (2, 2), (1, 1), 1),
+    (1, 8, 3, 4, 24, 3, 3, (0, 1, 2, 1), (1, 1), (1, 1), 1),
 )
 
 

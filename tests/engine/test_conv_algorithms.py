@@ -119,6 +119,8 @@ def test_image_chunks(monkeypatch, name):
 ALLOCATION_SHAPES = {
     "gemm_1x1": (4, 32, 64, 64, 64, 1, 1, (0, 0, 0, 0), (2, 2), (1, 1), 1),
     "depthwise_direct": (4, 64, 64, 64, 64, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 64),
+    "implicit_gemm_map": (128, 32, 3, 4, 256, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    "implicit_gemm_map_1t": (1, 8, 2, 7, 20480, 1, 1, (0, 0, 0, 0), (1, 1), (1, 1), 1),
 }
 
 

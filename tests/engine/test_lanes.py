@@ -39,11 +39,16 @@ def test_atomics_load_store_and_swap():
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["implicit_gemm", "implicit_gemm_narrow", "winograd_f2x2_compiled", "winograd_f4x4_compiled"],
-)
-@pytest.mark.parametrize("n, size, pads", [(1, 13, (1, 1, 1, 1)), (1, 10, (2, 0, 1, 2)),
-                                           (3, 9, (1, 2, 0, 1))])  # fmt: skip
+    "name, n, size, pads",
+    [
+        (name, *case)
+        for name in ("implicit_gemm", "implicit_gemm_narrow", "winograd_f2x2_compiled",
+                     "winograd_f4x4_compiled")
+        for case in ((1, 13, (1, 1, 1, 1)), (1, 10, (2, 0, 1, 2)), (3, 9, (1, 2, 0, 1)))
+    ]
+    # whole-map tiles: maps of 2x5 and 2x3 pixels
+    + [("implicit_gemm_map", 1, 2, (1, 1, 1, 1)), ("implicit_gemm_map", 3, 2, (1, 0, 0, 0))],
+)  # fmt: skip
 def test_each_share_pads_the_rows_it_reads(name, n, size, pads):
     """A conv split across lanes is one phase: each lane's call pads the padded rows its own
     share reads (rows at a share boundary written by both) into a workspace that holds
