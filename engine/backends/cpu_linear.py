@@ -1,51 +1,38 @@
-"""A fully connected layer (Gemm with constant weights) on float32, compiled with numba, a
-share of the output features per call.
+"""A fully connected layer (Gemm with constant weights) on float32, compiled: a 1x1 convolution
+of the M input rows as one row of M pixels, by the compiled implicit GEMM
+(engine/conv/implicit_gemm.py).
 
 The classifier head of a CNN is one small matrix product; as a BLAS call it is one more Python
 step after the compiled chain (engine/chain.py), and one core reads its weights (2 MB for
-ResNet-18's 512 -> 1000). Compiled, it joins the chain and each lane reads its own columns.
+ResNet-18's 512 -> 1000). Compiled, it joins the chain, each lane reads the weights of its
+share of the output features, and the register tile keeps the sums in registers (a loop
+accumulating into the output row took 67-114 us for ResNet-18's head on two lanes).
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from engine import jit
-from engine.backends.cpu_elementwise import ALIGN
-from engine.lanes import shares
+from engine.conv.implicit_gemm import ImplicitGemm
+from engine.conv.spec import ConvSpec
 
-SOURCE = (
-    jit.MODULE_HEADER
-    + """
-
-@numba.njit("void(float32[::1], float32[::1], float32[::1], float32[::1], int64[::1])", **JIT)
-def dense(a, w, c, out, geometry):
-    M, K, N, J0, J1 = geometry
-    for m in range(M):
-        row = m * N
-        for j in range(J0, J1):
-            out[U(row + j)] = c[U(j)]
-        for k in range(K):
-            v = a[U(m * K + k)]
-            base = k * N
-            for j in range(J0, J1):
-                out[U(row + j)] += v * w[U(base + j)]
-"""
-)
+#: the 1x1 conv reads its input in place: no padding, so no workspace
+NO_WORKSPACE = np.empty(0, np.float32)
 
 
-def dense_calls(a, weights, shift, out, lanes: int) -> list[tuple]:
-    """(compiled kernel, arguments) per share of ``out = a @ weights + shift`` for contiguous
-    float32 ``a`` (M, K), ``weights`` (K, N) and ``shift`` (N,): bands of the N output
-    features (whole cache lines), one share unless the weights are large."""
-    (m, k), n = a.shape, weights.shape[1]
-    flat = (a.reshape(-1), weights.reshape(-1), shift, out.reshape(-1))
-    return [(_kernel(), (*flat, np.array([m, k, n, j0, j1], np.int64)))
-            for j0, j1 in shares(n, lanes, weights.size, align=ALIGN)]  # fmt: skip
+def dense(weights: np.ndarray, shift: np.ndarray, m: int, backend) -> ImplicitGemm | None:
+    """``out = a @ weights + shift`` for float32 ``a`` (m, K), ``weights`` (K, N), ``shift``
+    (N,) as a compiled 1x1 conv, or None where the compiled kernels are not available."""
+    k, n = weights.shape
+    spec = ConvSpec(1, k, 1, m, n, 1, 1, (0, 0, 0, 0), (1, 1), (1, 1), 1)
+    if not ImplicitGemm.applicable(spec):
+        return None
+    return ImplicitGemm(spec, weights.T.reshape(n, k, 1, 1), shift, backend)
 
 
-@functools.cache
-def _kernel():
-    return jit.load_source("dense_f32", SOURCE).dense
+def dense_phases(algo: ImplicitGemm, a, out, lanes: int) -> list[list[tuple]] | None:
+    """Lane phases (``Op.lane_phases``) of ``algo`` on contiguous ``a`` (m, K) into ``out``
+    (m, N): the output features split across ``lanes`` where the weights outweigh the input."""
+    spec = algo.spec
+    x = a.reshape(1, 1, spec.w, spec.c)
+    return algo.lane_phases(x, out.reshape(1, 1, spec.w, spec.k), NO_WORKSPACE, lanes)

@@ -87,12 +87,13 @@ class ImplicitGemm(ConvAlgorithm):
     def _split(self, spec: ConvSpec) -> list[tuple[int, int, int, int]]:
         return split_work(spec)
 
-    def _geometry(self, ph, pw, blocks, part) -> np.ndarray:
+    def _geometry(self, ph, pw, blocks, part, k0: int = 0) -> np.ndarray:
+        """The kernel's PARAMS and PAD_PARAMS; ``k0``: the first channel of a share."""
         s = self.spec
         n0, n1, oh0, oh1 = part
         return np.array([ph, pw, s.c, s.out_h, s.out_w, s.k, s.r, s.s, *s.strides,
-                         *s.dilations, n0, n1, oh0, oh1, blocks, s.h, s.w, s.pads[0],
-                         s.pads[1], s.has_padding], np.int64)  # fmt: skip
+                         *s.dilations, n0, n1, oh0, oh1, blocks, s.k - k0, s.h, s.w,
+                         s.pads[0], s.pads[1], s.has_padding], np.int64)  # fmt: skip
 
     def __call__(self, x, out, workspace) -> None:
         splits = len(self.parts) > 1 or self._channel_shares(2) is not None
@@ -130,14 +131,9 @@ class ImplicitGemm(ConvAlgorithm):
         """Blocks of output channels per lane where the layer's weights outweigh its input
         (the deep layers of a net on a small map, batch 1: ResNet-18's 512-channel 3x3 convs
         hold 9.4 MB of weights for a 2x2 or 7x7 output), so that each lane reads only its
-        channels' weights instead of all of them for its rows; None to split rows. Only
-        where every block is full (``K - k0`` then never cuts a store short)."""
+        channels' weights instead of all of them for its rows; None to split rows."""
         spec, blocks = self.spec, self.weights.shape[0]
-        if (
-            spec.k % self.kb
-            or blocks < lanes
-            or spec.k * spec.r * spec.s <= spec.n * spec.h * spec.w
-        ):
+        if blocks < lanes or spec.k * spec.r * spec.s <= spec.n * spec.h * spec.w:
             return None
         return shares(blocks, lanes)
 
@@ -146,7 +142,8 @@ class ImplicitGemm(ConvAlgorithm):
         bias and output passed from the share's first channel on (the output's row stride
         stays K)."""
         spec = self.spec
-        geometry = self._geometry(*spec.padded_hw, b1 - b0, (0, spec.n, 0, spec.out_h))
+        part = (0, spec.n, 0, spec.out_h)
+        geometry = self._geometry(*spec.padded_hw, b1 - b0, part, b0 * self.kb)
         per_block = spec.r * spec.s * spec.c * self.kb
         return self.kernel, (x.reshape(-1), source.reshape(-1),
                              self.weights.reshape(-1)[b0 * per_block :],

@@ -27,10 +27,12 @@ GENERATOR = hashlib.sha256(
     )
 ).hexdigest()[:16]
 
-#: int64 parameter vector of a call (``geometry``): names in order
+#: int64 parameter vector of a call (``geometry``): names in order; outputs have K channels
+#: per pixel (the row stride), of which the first KEND (relative to ``out`` and ``bias`` as
+#: passed) are stored: a share of the channels passes them from its first channel on
 PARAMS = (
     "HP", "WP", "C", "OH", "OW", "K", "R", "S", "SH", "SW", "DH", "DW",
-    "N0", "N1", "OH0", "OH1", "KBLOCKS",
+    "N0", "N1", "OH0", "OH1", "KBLOCKS", "KEND",
 )  # fmt: skip
 
 #: after PARAMS in ``geometry``: the unpadded input's size and where it sits in the padded one,
@@ -105,7 +107,7 @@ def tile_call(pixels: int, pixel: str) -> str:
     """A call of the ``pixels``-wide register tile at output pixel ``pixel`` of row ``oh``."""
     return (
         f"TILE_{pixels}(x, ((n * HP + oh * SH) * WP + {pixel} * SW) * C, SW * C, DH * WP * C,"
-        f" DW * C, R, S, C, w, wbase, bias, k0, K - k0, out, obase + {pixel} * K, K, lo, hi,"
+        f" DW * C, R, S, C, w, wbase, bias, k0, KEND - k0, out, obase + {pixel} * K, K, lo, hi,"
         " slope, 0, 0)"
     )
 
@@ -197,7 +199,7 @@ def map_source(rows: int, cols: int, vectors: int) -> str:
         "        k0 = kblock * KB",
         "        for n in range(N0, N1):",
         "            TILE(x, n * HP * WP * C, SW * C, DH * WP * C, DW * C, R, S, C, w,"
-        " kblock * R * S * C * KB, bias, k0, K - k0, out, n * OH * OW * K, K, lo, hi, slope,"
+        " kblock * R * S * C * KB, bias, k0, KEND - k0, out, n * OH * OW * K, K, lo, hi, slope,"
         " SH * WP * C, OW * K)",
         "",
     ]

@@ -38,7 +38,7 @@ class Gemm(Op):
             c = ctx.const(2)
             self.c = None if c is None else ctx.backend.asarray((self.beta * c).astype(dtype))
         self.set_output((m, n), dtype)
-        self._dense = None  # (weights (K, N), shift (N,)) for the compiled call, made on demand
+        self._dense = None  # the compiled 1x1 conv (engine/backends/cpu_linear.py), on demand
 
     def lane_phases(self, ins, outs, lanes):
         """On the CPU, float32 with constant weights and a per-feature (or no) C: compiled, the
@@ -49,14 +49,14 @@ class Gemm(Op):
                 or self.c is not None and self.c.size != out.shape[1]
                 or self.c is None and self.ctx.has_input(2) and self.beta != 0):  # fmt: skip
             return None
+        from engine.backends.cpu_linear import dense, dense_phases
+
         if self._dense is None:
             b = self.b.T if self.trans_b else self.b
-            weights = np.ascontiguousarray(self.alpha * b, np.float32)
+            weights = np.asarray(self.alpha * b, np.float32)
             shift = np.zeros(out.shape[1], np.float32) if self.c is None else self.c.reshape(-1)
-            self._dense = weights, np.ascontiguousarray(shift, np.float32)
-        from engine.backends.cpu_linear import dense_calls
-
-        return [dense_calls(a, *self._dense, out, lanes)]
+            self._dense = dense(weights, shift, a.shape[0], self.ctx.backend) or False
+        return dense_phases(self._dense, a, out, lanes) if self._dense else None
 
     def run(self, ins, outs):
         a = ins[0].T if self.trans_a else ins[0]

@@ -39,12 +39,14 @@ def test_gemm_with_runtime_b_and_c():
     assert rel_error(run(model, feeds)[0], gemm(a, b, c, beta=0.5, trans_b=True)) < TOL
 
 
+@pytest.mark.parametrize("features", [4, 1000])
 @pytest.mark.parametrize("batch", [1, 7])
-def test_classifier_head_after_conv(batch):
-    """Conv -> GlobalAveragePool -> Flatten -> Gemm: the NHWC to plain hand-over."""
+def test_classifier_head_after_conv(batch, features):
+    """Conv -> GlobalAveragePool -> Flatten -> Gemm: the NHWC to plain hand-over; 1000
+    features: the compiled head split across the lanes."""
     rng = np.random.default_rng(batch)
-    x, w, fc, bias = randn(rng, batch, 3, 7, 6), randn(rng, 6, 3, 3, 3), randn(rng, 4, 6), randn(
-        rng, 4)  # fmt: skip
+    x, w = randn(rng, batch, 3, 7, 6), randn(rng, 6, 3, 3, 3)
+    fc, bias = randn(rng, features, 6), randn(rng, features)
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["c"], ["g"]),
@@ -54,6 +56,30 @@ def test_classifier_head_after_conv(batch):
     model = make_model(nodes, {"x": x}, ["y"], {"w": w, "fc": fc, "bias": bias})
     pooled = conv2d_nchw(x, w, None, (0, 0, 0, 0), (2, 2)).mean(axis=(2, 3))
     assert rel_error(run_batched(model, x), gemm(pooled, fc, bias, trans_b=True)) < TOL
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_compiled_head_shares_features_across_lanes(batch):
+    """1000 output features: two shares of whole register-tile blocks, the second ending in a
+    partial block (1000 is not a multiple of the block); each share run on its own, against
+    float64, into an output poisoned with NaN."""
+    from engine import jit
+    from engine.backends import resolve_backend
+    from engine.backends.cpu_linear import dense, dense_phases
+
+    if not jit.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(batch)
+    a, weights, shift = randn(rng, batch, 96), randn(rng, 96, 1000), randn(rng, 1000)
+    algo = dense(weights, shift, batch, resolve_backend("cpu"))
+    assert 1000 % algo.kb
+    out = np.full((batch, 1000), np.nan, np.float32)
+    (calls,) = dense_phases(algo, a, out, 2)
+    assert len(calls) == 2
+    for kernel, args in calls:
+        kernel(*args)
+    expected = a.astype(np.float64) @ weights + shift
+    assert rel_error(out, expected) < TOL
 
 
 MATMULS = [((7, 13), (13, 5)), ((3, 7, 13), (13, 5)), ((2, 3, 7, 13), (3, 13, 5)),
