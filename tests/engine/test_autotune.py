@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import engine.autotune.cache as cache_module
+from engine import jit
 from engine.autotune import Autotuner
 from engine.backends import NumpyBackend
 from engine.conv import ALGORITHMS, Epilogue
@@ -130,6 +131,29 @@ def test_a_slow_first_call_does_not_prune_a_candidate(monkeypatch):
     timings = {t.name: t.ms for t in tuner.timings[SPEC.key()]}
     # timed in rounds like im2col_gemm (same work), not scored with its 200 ms first call
     assert timings["slow_first_call"] < 100 and timings["im2col_gemm"] < 100
+
+
+class StallsThroughWarmUp(Im2colGemm):
+    """im2col_gemm whose first three calls stall (as if another process held the core through
+    the warm-up and the retry), then run at its real speed."""
+
+    name = "stalls_through_warm_up"
+
+    def __call__(self, x, out, workspace):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls <= 3:
+            time.sleep(0.2)
+        super().__call__(x, out, workspace)
+
+
+def test_a_candidate_stalled_through_its_warm_up_gets_a_second_chance(monkeypatch):
+    monkeypatch.setitem(ALGORITHMS, "stalls_through_warm_up", StallsThroughWarmUp)
+    monkeypatch.setattr(jit, "available", lambda: False)  # no compiled candidate 5x faster
+    tuner = Autotuner(BACKEND)
+    choose(tuner)
+    timings = {t.name: t.ms for t in tuner.timings[SPEC.key()]}
+    # pruned after two slow runs (the warm-up's second and the retry), timed after the rounds
+    assert timings["stalls_through_warm_up"] < 100 and timings["im2col_gemm"] < 100
 
 
 def test_runner_up_fallback_without_retuning():
