@@ -92,8 +92,8 @@ class ImplicitGemm(ConvAlgorithm):
         s = self.spec
         n0, n1, oh0, oh1 = part
         return np.array([ph, pw, s.c, s.out_h, s.out_w, s.k, s.r, s.s, *s.strides,
-                         *s.dilations, n0, n1, oh0, oh1, blocks, s.k - k0, s.h, s.w,
-                         s.pads[0], s.pads[1], s.has_padding], np.int64)  # fmt: skip
+                         *s.dilations, n0, n1, oh0, oh1, blocks, s.k - k0, s.pads[0], s.h,
+                         s.h, s.w, s.pads[0], s.pads[1], s.has_padding], np.int64)  # fmt: skip
 
     def __call__(self, x, out, workspace) -> None:
         splits = len(self.parts) > 1 or self._channel_shares(2) is not None

@@ -81,7 +81,8 @@ def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -
     a, m = bt.shape[0], at.shape[0]
     unpack = [f"    {', '.join(PARAMS + PAD_PARAMS)}, POOL = geometry"]
     gemm = ("conv_rows(v[e * T * C :], u[e * ustride :], zero_bias, m[e * T * K :], 1, T,"
-            " C, 1, T, K, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, KBLOCKS, K, -BIG, BIG, Z)")  # fmt: skip
+            " C, 1, T, K, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, KBLOCKS, K, 0, 1, -BIG, BIG,"
+            " Z)")  # fmt: skip
     lines = [
         HEADER,
         PAD_SOURCE,

@@ -55,6 +55,10 @@ SHAPES = (
     (1, 64, 2, 2, 128, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1), 1),
     (3, 16, 7, 6, 40, 3, 3, (1, 1, 1, 1), (2, 2), (1, 1), 1),
     (1, 8, 3, 4, 24, 3, 3, (0, 1, 2, 1), (1, 1), (1, 1), 1),
+    # kernel rows on padding rows are skipped: pads of 3 (the first and last output rows read
+    # padding only: bias and activation), dilated taps stepping over the padding
+    (2, 8, 5, 6, 16, 3, 3, (3, 1, 3, 1), (1, 1), (1, 1), 1),
+    (1, 8, 9, 7, 16, 3, 3, (3, 1, 2, 1), (1, 1), (2, 1), 1),
 )
 
 
