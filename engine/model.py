@@ -21,6 +21,7 @@ from engine.threads import cpu_cores
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_SPATIAL = 224
 MAX_EXTRA_PLANS = 8  # for inputs whose H/W are symbolic in the ONNX file
+FLOAT32 = np.dtype(np.float32)  # a singleton: the common input check compares by identity
 
 
 @dataclass
@@ -135,7 +136,7 @@ class Model:
         return plan
 
     def _check_input(self, x) -> np.ndarray:
-        if (type(x) is np.ndarray and x.dtype == np.float32 and x.shape[1:] == self.input_dims
+        if (type(x) is np.ndarray and x.dtype is FLOAT32 and x.shape[1:] == self.input_dims
                 and x.ndim > 1 and x.shape[0] >= 1):  # fmt: skip
             return x  # the common case, in a fraction of the time of the checks below
         x = np.asarray(x)

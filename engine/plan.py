@@ -201,15 +201,19 @@ class Plan:
             env.update(zip(step.outputs, outs))
         if run_step is None and chain.available(self.backend):
             self._segments, self._generation = chain.segments(self), chain.generation()
+            chained = chain.Chain | chain.LaneChain
+            self._chained = all(isinstance(s, chained) for s in self._segments)
             lane_chains = [s for s in self._segments if isinstance(s, chain.LaneChain)]
             self._lanes = lane_chains[0].lanes if len(lane_chains) > 1 else None
         return [env[name] for name in self.outputs]
 
     def compiled_only(self) -> bool:
         """Whether the next call runs only compiled chains (no BLAS call, no NumPy step)."""
-        segments, chained = self._segments, chain.Chain | chain.LaneChain
-        return (segments is not None and self._generation == chain.generation()
-                and all(isinstance(s, chained) for s in segments))  # fmt: skip
+        return (
+            self._segments is not None
+            and self._chained
+            and (self._generation == chain.generation())
+        )
 
     def _run_segments(self) -> list:
         if self._lanes is None:
