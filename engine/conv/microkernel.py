@@ -113,7 +113,7 @@ def tile_call(pixels: int, pixel: str) -> str:
     )
 
 
-def rows_source(pixels: int, vectors: int) -> str:
+def rows_source(pixels: int, vectors: int, epilogue: bool = True) -> str:
     """``conv_rows(x, w, bias, out, <PARAMS>, lo, hi, slope)``: the kernel on scalar geometry,
     compiled into its callers (the ``conv`` entry point and Winograd's batched GEMMs). Rows are
     covered by ``pixels``-wide tiles, the rest of a row by one narrower tile.
@@ -135,7 +135,10 @@ def rows_source(pixels: int, vectors: int) -> str:
 
     lines = [
         f"KB = {vectors} * simd.vector_shape()[0]",
-        *[f"TILE_{p} = simd.conv_tile({p}, {vectors})" for p in range(1, pixels + 1)],
+        *[
+            f"TILE_{p} = simd.conv_tile({p}, {vectors}, None, {epilogue})"
+            for p in range(1, pixels + 1)
+        ],
         "",
         "",
         "@numba.njit(inline='always', **JIT)",

@@ -48,7 +48,7 @@ def tile_shape(k: int) -> tuple[int, int]:
 
 
 @functools.cache
-def conv_tile(pixels: int, vectors: int, cols: int | None = None):
+def conv_tile(pixels: int, vectors: int, cols: int | None = None, epilogue: bool = True):
     """The intrinsic ``tile(x, xb, xstep, rstride, sstride, R, S, C, w, wb, bias, k0, nk, out,
     ob, ostep, lo, hi, slope, xrow, orow)``.
 
@@ -57,11 +57,12 @@ def conv_tile(pixels: int, vectors: int, cols: int | None = None):
     s*sstride + c]``; the weights of that tap and channel are ``w[wb + ((r*S + s)*C + c)*KB
     ...]`` (KB = vectors * LANES consecutive output channels); pixel p's outputs go to ``out[ob
     + i*orow + j*ostep + k0 ...]``, only the first ``nk`` of them when ``nk < KB``; ``bias[k0
-    ...]`` must hold KB values."""
+    ...]`` must hold KB values. Without ``epilogue`` the sums are stored as they are (bias,
+    lo, hi and slope unread): Winograd's batched GEMMs."""
     from engine.conv.simd_codegen import make_conv_tile
 
     lanes, _ = vector_shape()
-    return make_conv_tile(pixels, vectors, lanes, cols or pixels)
+    return make_conv_tile(pixels, vectors, lanes, cols or pixels, epilogue)
 
 
 def _matrix(rows: tuple) -> np.ndarray:

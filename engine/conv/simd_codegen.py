@@ -124,18 +124,21 @@ def _accumulate(vec: _Vectors, pixels: int, vectors: int, a, accs, width: int) -
                         b.store(vec.call("llvm.fma", value, weights[v], acc), accs[p][v])
 
 
-def _store(vec: _Vectors, pixels: int, vectors: int, a, accs, width: int) -> None:
-    """Bias, activation and the (masked) stores of the tile."""
+def _store(vec: _Vectors, pixels: int, vectors: int, a, accs, width: int, epilogue: bool) -> None:
+    """Bias, activation (unless not ``epilogue``: the sums as they are) and the (masked)
+    stores of the tile."""
     b = vec.builder
     bias = [vec.load(a["bias"], b.add(a["k0"], ir.Constant(I64, v * vec.lanes)))
-            for v in range(vectors)]  # fmt: skip
+            for v in range(vectors)] if epilogue else []  # fmt: skip
     lo, hi, slope = (vec.splat(a[name]) for name in ("lo", "hi", "slope"))
     for p in range(pixels):
         base = b.add(b.add(a["ob"], _offset(b, a, p, width, "orow", "ostep")), a["k0"])
         for v in range(vectors):
-            y = b.fadd(b.load(accs[p][v]), bias[v])
-            clamped = vec.call("llvm.minnum", vec.call("llvm.maxnum", y, lo), hi)
-            result = b.fadd(clamped, b.fmul(slope, vec.call("llvm.minnum", y, vec.zero)))
+            result = b.load(accs[p][v])
+            if epilogue:
+                y = b.fadd(result, bias[v])
+                clamped = vec.call("llvm.minnum", vec.call("llvm.maxnum", y, lo), hi)
+                result = b.fadd(clamped, b.fmul(slope, vec.call("llvm.minnum", y, vec.zero)))
             count = b.sub(a["nk"], ir.Constant(I64, v * vec.lanes))
             vec.store(result, a["out"], b.add(base, ir.Constant(I64, v * vec.lanes)), count)
 
@@ -144,7 +147,7 @@ NAMES = ("x", "xb", "xstep", "rstride", "sstride", "R", "S", "C", "w", "wb", "bi
          "out", "ob", "ostep", "lo", "hi", "slope", "xrow", "orow")  # fmt: skip
 
 
-def make_conv_tile(pixels: int, vectors: int, lanes: int, width: int):
+def make_conv_tile(pixels: int, vectors: int, lanes: int, width: int, epilogue: bool = True):
     """The intrinsic documented at ``engine.conv.simd.conv_tile``."""
 
     def codegen(context, builder, signature, args):
@@ -153,7 +156,7 @@ def make_conv_tile(pixels: int, vectors: int, lanes: int, width: int):
         accs = [[cgutils.alloca_once_value(builder, vec.zero) for _ in range(vectors)]
                 for _ in range(pixels)]  # fmt: skip
         _accumulate(vec, pixels, vectors, values, accs, width)
-        _store(vec, pixels, vectors, values, accs, width)
+        _store(vec, pixels, vectors, values, accs, width, epilogue)
         return context.get_dummy_value()
 
     def typer(typingctx, x, xb, xstep, rstride, sstride, R, S, C, w, wb, bias, k0, nk, out, ob,
@@ -163,7 +166,11 @@ def make_conv_tile(pixels: int, vectors: int, lanes: int, width: int):
                 lo, hi, slope, xrow, orow)  # fmt: skip
         return types.void(*args), codegen
 
-    typer.__name__ = f"conv_tile_p{pixels}_v{vectors}" + (f"_w{width}" if width < pixels else "")
+    typer.__name__ = (
+        f"conv_tile_p{pixels}_v{vectors}"
+        + (f"_w{width}" if width < pixels else "")
+        + ("" if epilogue else "_plain")
+    )
     return intrinsic(typer)
 
 

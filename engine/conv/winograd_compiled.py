@@ -94,7 +94,6 @@ class WinogradCompiled(ConvAlgorithm):
         self.kernel = winograd_kernel(self.base, self.pixels, vectors)
         layout = f"winograd_f{self.base.m}_k{self.kb}"
         self.u = self.shared(layout, weight, lambda: self.blocked(weight))
-        self.zero_bias = np.zeros(self.u.shape[1] * self.kb, np.float32)
         bounds = epilogue_bounds(spec.epilogue)
         self.after = bounds is None
         self.bounds = tuple(np.float32(v) for v in (bounds or epilogue_bounds(Epilogue())))
@@ -167,7 +166,7 @@ class WinogradCompiled(ConvAlgorithm):
         v = scratch[: self.positions() * self.chunk(self.spec) * self.spec.c]
         m = scratch[v.size :]
         return (x.reshape(-1), padded.reshape(-1), self.u.reshape(-1), self.bias,
-                self.zero_bias, out.reshape(-1), v, m, geometry, *self.bounds)  # fmt: skip
+                out.reshape(-1), v, m, geometry, *self.bounds)  # fmt: skip
 
     def _part(self, x, padded, out, geometry, scratch) -> None:
         spec = self.spec

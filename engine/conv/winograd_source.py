@@ -19,7 +19,7 @@ PARAMS = ("HP", "WP", "C", "OH", "OW", "K", "TH", "TW", "T0", "T1", "CHUNK", "KB
 
 SIGNATURE = (
     "void(float32[::1], float32[::1], float32[::1], float32[::1], float32[::1], float32[::1],"
-    " float32[::1], float32[::1], int64[::1], float32, float32, float32)"
+    " float32[::1], int64[::1], float32, float32, float32)"
 )
 
 
@@ -68,25 +68,25 @@ def _constant(matrix: np.ndarray) -> str:
 
 
 def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -> str:
-    """A module with ``winograd(x, xp, u, bias, zero_bias, out, v, m, geometry, lo, hi,
-    slope)``; with POOL = 2 (the last entry of ``geometry``, after ``PAD_PARAMS``) a 2 x 2
-    max-pool at stride 2 follows the activation in the output transform, and out (N, OH, OW, K)
-    is the pooled map (one kernel either way: a second would double the compile time).
+    """A module with ``winograd(x, xp, u, bias, out, v, m, geometry, lo, hi, slope)``; with
+    POOL = 2 (the last entry of ``geometry``, after ``PAD_PARAMS``) a 2 x 2 max-pool at stride
+    2 follows the activation in the output transform, and out (N, OH, OW, K) is the pooled map
+    (one kernel either way: a second would double the compile time).
 
     x: the NHWC input (N, H, W, C); xp: x zero-padded to (N, HP, WP, C) with HP = m TH + 2,
     WP = m TW + 2, the rows tiles T0..T1 read written here when PAD, else already; u: transformed
-    filters (a*a, KBLOCKS, C, KB); bias (K,); zero_bias (KBLOCKS * KB,) zeros; out (N, OH, OW,
-    K); v and m: (a*a, CHUNK, C) and (a*a, CHUNK, K) scratch; tiles T0..T1 of the flattened
-    (N, TH, TW) tile grid."""
+    filters (a*a, KBLOCKS, C, KB); bias (K,); out (N, OH, OW, K); v and m: (a*a, CHUNK, C) and
+    (a*a, CHUNK, K) scratch; tiles T0..T1 of the flattened (N, TH, TW) tile grid. The batched
+    GEMMs store their sums as they are (``rows_source`` without the epilogue)."""
     a, m = bt.shape[0], at.shape[0]
     unpack = [f"    {', '.join(PARAMS + PAD_PARAMS)}, POOL = geometry"]
-    gemm = ("conv_rows(v[e * T * C :], u[e * ustride :], zero_bias, m[e * T * K :], 1, T,"
+    gemm = ("conv_rows(v[e * T * C :], u[e * ustride :], bias, m[e * T * K :], 1, T,"
             " C, 1, T, K, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, KBLOCKS, K, 0, 1, -BIG, BIG,"
             " Z)")  # fmt: skip
     lines = [
         HEADER,
         PAD_SOURCE,
-        rows_source(pixels, vectors),
+        rows_source(pixels, vectors, epilogue=False),  # the GEMMs store their sums as they are
         "LANES = simd.vector_shape()[0]",
         f"INPUT_TILE = simd.winograd_input_tile({_constant(bt)})",
         f"OUTPUT_TILE = simd.winograd_output_tile({_constant(at)}, 1)",
@@ -94,7 +94,7 @@ def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -
         f"BIG = np.float32({FLOAT32_MAX!r})",
         "",
         f'@numba.njit("{SIGNATURE}", **JIT)',
-        "def winograd(x, xp, u, bias, zero_bias, out, v, m, geometry, lo, hi, slope):",
+        "def winograd(x, xp, u, bias, out, v, m, geometry, lo, hi, slope):",
         *unpack,
         "    Z = np.float32(0.0)",
         "    tiles_per_image = TH * TW",
