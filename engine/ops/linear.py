@@ -38,7 +38,8 @@ class Gemm(Op):
             c = ctx.const(2)
             self.c = None if c is None else ctx.backend.asarray((self.beta * c).astype(dtype))
         self.set_output((m, n), dtype)
-        self._dense = None  # the compiled 1x1 conv (engine/backends/cpu_linear.py), on demand
+        # (rows, the compiled 1x1 conv of engine/backends/cpu_linear.py or None), on demand
+        self._dense = None
 
     def lane_phases(self, ins, outs, lanes):
         """On the CPU, float32 with constant weights and a per-feature (or no) C: compiled, the
@@ -51,12 +52,14 @@ class Gemm(Op):
             return None
         from engine.backends.cpu_linear import dense, dense_phases
 
-        if self._dense is None:
+        rows = a.shape[0]
+        if self._dense is None or self._dense[0] != rows:  # made for this many rows
             b = self.b.T if self.trans_b else self.b
             weights = np.asarray(self.alpha * b, np.float32)
             shift = np.zeros(out.shape[1], np.float32) if self.c is None else self.c.reshape(-1)
-            self._dense = dense(weights, shift, a.shape[0], self.ctx.backend) or False
-        return dense_phases(self._dense, a, out, lanes) if self._dense else None
+            self._dense = rows, dense(weights, shift, rows, self.ctx.backend)
+        algo = self._dense[1]
+        return None if algo is None else dense_phases(algo, a, out, lanes)
 
     def run(self, ins, outs):
         a = ins[0].T if self.trans_a else ins[0]
