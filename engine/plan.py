@@ -60,6 +60,7 @@ class Plan:
             self.inputs[info.name] = backend.zeros(shape_of(value), value.dtype)
         self._env = {**self.constants, **self.inputs}  # value name -> array, for execute
         self._segments: list | None = None  # steps and chains, after the first call
+        self._chained = False  # whether every segment is a compiled chain
         self._lanes = None  # held through a pass with several lane chains (engine/lanes.py)
         self._allocate()
 

@@ -48,12 +48,12 @@ def tile_shape(k: int) -> tuple[int, int]:
 
 
 @functools.cache
-def conv_tile(pixels: int, vectors: int, cols: int | None = None, epilogue: bool = True):
+def conv_tile(pixels: int, vectors: int, width: int | None = None, epilogue: bool = True):
     """The intrinsic ``tile(x, xb, xstep, rstride, sstride, R, S, C, w, wb, bias, k0, nk, out,
     ob, ostep, lo, hi, slope, xrow, orow)``.
 
-    The tile's pixels lie in rows of ``cols`` (default: one row of ``pixels``); pixel p = i *
-    cols + j's input channel c at kernel tap (r, s) is ``x[xb + i*xrow + j*xstep + r*rstride +
+    The tile's pixels lie in rows of ``width`` (default: one row of ``pixels``); pixel p = i *
+    width + j's input channel c at kernel tap (r, s) is ``x[xb + i*xrow + j*xstep + r*rstride +
     s*sstride + c]``; the weights of that tap and channel are ``w[wb + ((r*S + s)*C + c)*KB
     ...]`` (KB = vectors * LANES consecutive output channels); pixel p's outputs go to ``out[ob
     + i*orow + j*ostep + k0 ...]``, only the first ``nk`` of them when ``nk < KB``; ``bias[k0
@@ -62,7 +62,7 @@ def conv_tile(pixels: int, vectors: int, cols: int | None = None, epilogue: bool
     from engine.conv.simd_codegen import make_conv_tile
 
     lanes, _ = vector_shape()
-    return make_conv_tile(pixels, vectors, lanes, cols or pixels, epilogue)
+    return make_conv_tile(pixels, vectors, lanes, width or pixels, epilogue)
 
 
 def _matrix(rows: tuple) -> np.ndarray:
