@@ -16,7 +16,7 @@ from engine.conv.spec import ConvSpec, Epilogue
 from engine.conv.winograd import Winograd3x3, ceil_div, filter_tiles
 from engine.conv.winograd_f2x2_3x3 import WinogradF2x2
 from engine.conv.winograd_f4x4_3x3 import WinogradF4x4
-from engine.conv.winograd_source import winograd_source
+from engine.conv.winograd_source import spaced, winograd_source
 from engine.threads import run_in_threads
 
 
@@ -79,7 +79,9 @@ class WinogradCompiled(ConvAlgorithm):
 
     @classmethod
     def scratch_elems(cls, spec: ConvSpec) -> int:
-        return cls.positions() * cls.chunk(spec) * (spec.c + spec.k)
+        return cls.positions() * (
+            spaced(cls.chunk(spec) * spec.c) + spaced(cls.chunk(spec) * spec.k)
+        )
 
     @classmethod
     def workspace_elems(cls, spec: ConvSpec) -> int:
@@ -163,7 +165,7 @@ class WinogradCompiled(ConvAlgorithm):
                  for g, scratch in zip(self.geometry, scratches)]]  # fmt: skip
 
     def _args(self, x, padded, out, geometry, scratch) -> tuple:
-        v = scratch[: self.positions() * self.chunk(self.spec) * self.spec.c]
+        v = scratch[: self.positions() * spaced(self.chunk(self.spec) * self.spec.c)]
         m = scratch[v.size :]
         return (x.reshape(-1), padded.reshape(-1), self.u.reshape(-1), self.bias,
                 out.reshape(-1), v, m, geometry, *self.bounds)  # fmt: skip

@@ -43,7 +43,7 @@ def _input_transform(m: int) -> list[str]:
         *["    " + line for line in _tile_position(m)],
         "    base = ((n * HP + row0) * WP + col0) * C",
         "    for c in range(0, C, LANES):",
-        "        INPUT_TILE(xp, base, WP * C, C, v, t * C, T * C, c, C - c)",
+        "        INPUT_TILE(xp, base, WP * C, C, v, t * C, VS, c, C - c)",
     ]
 
 
@@ -58,9 +58,21 @@ def _output_transform(m: int, tile: str) -> list[str]:
         f"    rows = min({m}, OH - row0)",
         f"    cols = min({m}, OW - col0)",
         "    for k in range(0, K, LANES):",
-        f"        {tile}(m, t * K, T * K, bias, k, K - k, out, ob, OW * K, K, rows, cols, lo,"
+        f"        {tile}(m, t * K, MS, bias, k, K - k, out, ob, OW * K, K, rows, cols, lo,"
         " hi, slope)",
     ]
+
+
+def spaced(floats: int) -> int:
+    """``floats`` rounded up to an odd number of 64-byte cache lines: the stride between the
+    a*a positions of a chunk's scratch (``SPACED`` in the kernel). At an even number of lines
+    the positions share few L1 sets (32 tiles of 32 channels lie 4 KiB apart: all 36 in one set
+    of 12 ways) and stores alias the loads 4 KiB away: CIFAR's 32-channel F(4x4) conv ran
+    10-20% slower."""
+    return ((floats + 15) // 16 | 1) * 16
+
+
+SPACED = "(({} + 15) // 16 | 1) * 16"  # ``spaced`` in the kernel's source
 
 
 def _constant(matrix: np.ndarray) -> str:
@@ -75,12 +87,13 @@ def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -
 
     x: the NHWC input (N, H, W, C); xp: x zero-padded to (N, HP, WP, C) with HP = m TH + 2,
     WP = m TW + 2, the rows tiles T0..T1 read written here when PAD, else already; u: transformed
-    filters (a*a, KBLOCKS, C, KB); bias (K,); out (N, OH, OW, K); v and m: (a*a, CHUNK, C) and
-    (a*a, CHUNK, K) scratch; tiles T0..T1 of the flattened (N, TH, TW) tile grid. The batched
-    GEMMs store their sums as they are (``rows_source`` without the epilogue)."""
+    filters (a*a, KBLOCKS, C, KB); bias (K,); out (N, OH, OW, K); v and m: a*a blocks of
+    (CHUNK, C) and of (CHUNK, K) scratch, ``spaced`` apart; tiles T0..T1 of the flattened
+    (N, TH, TW) tile grid. The batched GEMMs store their sums as they are (``rows_source``
+    without the epilogue)."""
     a, m = bt.shape[0], at.shape[0]
     unpack = [f"    {', '.join(PARAMS + PAD_PARAMS)}, POOL = geometry"]
-    gemm = ("conv_rows(v[e * T * C :], u[e * ustride :], bias, m[e * T * K :], 1, T,"
+    gemm = ("conv_rows(v[e * VS :], u[e * ustride :], bias, m[e * MS :], 1, T,"
             " C, 1, T, K, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, KBLOCKS, K, 0, 1, -BIG, BIG,"
             " Z)")  # fmt: skip
     lines = [
@@ -104,6 +117,7 @@ def winograd_source(bt: np.ndarray, at: np.ndarray, pixels: int, vectors: int) -
         f"        r1 = last // TH * HP + {m} * (last % TH) + {m + 2}",
         "        pad_images(x, xp, 0, 1, r0, r1, H, W, C, HP, WP, TOP, LEFT)",
         "    ustride = KBLOCKS * C * KB",
+        f"    VS, MS = {SPACED.format('CHUNK * C')}, {SPACED.format('CHUNK * K')}",
         "    for c0 in range(T0, T1, CHUNK):",
         "        T = min(CHUNK, T1 - c0)",
         *["        " + line for line in _input_transform(m)],
