@@ -22,6 +22,7 @@ DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_SPATIAL = 224
 MAX_EXTRA_PLANS = 8  # for inputs whose H/W are symbolic in the ONNX file
 FLOAT32 = np.dtype(np.float32)  # a singleton: the common input check compares by identity
+_now = time.perf_counter
 
 
 @dataclass
@@ -51,7 +52,8 @@ class Model:
         self.input_shape = tuple(d or DEFAULT_SPATIAL for d in self.input_dims)
         self.output_name = graph.outputs[0].name
         self.plans: dict[tuple, Plan] = {}
-        #: input shape -> (its bucket's plan, the staged input's first rows), for the buckets
+        #: input shape -> (its bucket's plan, the staged input's first rows, the bucket), for
+        #: the batch buckets' shapes
         self._staged: dict[tuple, tuple] = {}
         self._extra_plans: list[tuple] = []  # keys of plans made after load, oldest first
         for bucket in self.batch_sizes:
@@ -66,7 +68,7 @@ class Model:
                 lane.bind(arena)
         self.output_shape = tuple(self.plans[(self.batch_sizes[0], *self.input_shape)]
                                   .values[self.graph.outputs[0].name].shape[1:])  # fmt: skip
-        self.last_stats = EngineStats()
+        self._last = (0, 0, 0.0)  # last_stats's numbers
         self.source = None  # the ONNX file (path, bytes or ModelProto), set by load_model
         self.crosscheck: dict | None = None  # the last cross-check's summary
         inpass.refine(self)  # close calls on big-weight layers, settled by whole passes
@@ -151,25 +153,43 @@ class Model:
 
     def __call__(self, x) -> np.ndarray:
         """Run the first graph output for a float32 NCHW batch of any size."""
+        known = self._staged.get(x.shape) if type(x) is np.ndarray and x.dtype is FLOAT32 else None
+        lone = None if known is None else known[0].lone_chain()
+        if lone is not None:  # a bucket's shape, and its pass one compiled call: the usual
+            # batch-1 request on the CPU, with as little Python as it can (run cache-cold
+            # after the pass, each line here took microseconds: 10% of the CIFAR net's call)
+            start = _now()
+            chain, outputs = lone
+            known[1][...] = x  # (a CPU plan: copy_to's assignment)
+            chain.call()
+            y = outputs[0][: len(x)].copy()
+            self._last = (len(x), known[2], _now() - start)
+            return y
         x = self._check_input(x)
-        start = time.perf_counter()
+        start = _now()
         n, most = len(x), self.max_batch_size
-        if n <= most:  # one bucket: the usual call, with as little Python as it can
+        if n <= most:
             y = self._run_bucket(x)
         else:
             y = np.concatenate([self._run_bucket(x[i : i + most]) for i in range(0, n, most)])
-        self.last_stats = EngineStats(n, self.bucket_for(min(n, most)), time.perf_counter() - start)
+        self._last = (n, self.bucket_for(min(n, most)), _now() - start)
         return y
+
+    @property
+    def last_stats(self) -> EngineStats:
+        """Numbers about the last call."""
+        return EngineStats(*self._last)
 
     def _run_bucket(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
         known = self._staged.get(x.shape)
         if known is None:
-            plan = self._plan((self.bucket_for(n), *x.shape[1:]))
-            known = plan, plan.inputs[self.input_name][:n]
+            bucket = self.bucket_for(n)
+            plan = self._plan((bucket, *x.shape[1:]))
+            known = plan, plan.inputs[self.input_name][:n], bucket
             if x.shape[1:] == self.input_shape:  # a batch bucket's plan: kept for good
                 self._staged[x.shape] = known
-        plan, staged = known
+        plan, staged, _ = known
         try:
             self.backend.copy_to(staged, x)
             output = self.backend.execute(plan)[0]

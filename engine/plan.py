@@ -62,6 +62,7 @@ class Plan:
         self._segments: list | None = None  # steps and chains, after the first call
         self._chained = False  # whether every segment is a compiled chain
         self._lanes = None  # held through a pass with several lane chains (engine/lanes.py)
+        self._lone = None  # (chain, graph outputs) when the segments are that one chain
         self._allocate()
 
     # planning -------------------------------------------------------------------------------
@@ -206,6 +207,8 @@ class Plan:
             self._chained = all(isinstance(s, chained) for s in self._segments)
             lane_chains = [s for s in self._segments if isinstance(s, chain.LaneChain)]
             self._lanes = lane_chains[0].lanes if len(lane_chains) > 1 else None
+            lone = self._chained and len(self._segments) == 1
+            self._lone = (self._segments[0], [env[n] for n in self.outputs]) if lone else None
         return [env[name] for name in self.outputs]
 
     def compiled_only(self) -> bool:
@@ -215,6 +218,15 @@ class Plan:
             and self._chained
             and (self._generation == chain.generation())
         )
+
+    def lone_chain(self) -> tuple | None:
+        """(chain, the graph outputs' arrays) when the whole pass is that one compiled chain
+        (built by an earlier call, and current): a call of it and nothing else does what
+        ``execute`` does. Else None."""
+        lone = self._lone
+        if lone is None or self._segments is None or self._generation != chain.generation():
+            return None
+        return lone
 
     def _run_segments(self) -> list:
         if self._lanes is None:

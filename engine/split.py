@@ -71,6 +71,10 @@ class SplitPlan:
     def compiled_only(self) -> bool:
         return all(part.compiled_only() for part in self.parts)
 
+    def lone_chain(self) -> None:
+        """Never one chain: the slices run on threads of their own."""
+        return None
+
     def execute(self, run_step=None) -> list:
         """Every slice through every step, one slice per worker thread; ``run_step`` (a
         per-step hook: profiling, cross-check) runs the slices one after another instead."""

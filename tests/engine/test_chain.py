@@ -44,9 +44,16 @@ def test_the_convs_and_pools_run_as_one_chain(net):
     model = load_model(model_bytes, batch_sizes=(1, 4), autotune_mode="off")
     assert segments_of(model, 1) is None  # built by the first call, from its buffers
     rng = np.random.default_rng(0)
-    for n in (1, 3, 4, 1, 4):  # fresh inputs each call: a chain must never keep stale data
+    answers = []
+    for n in (1, 3, 4, 1, 4, 1):  # fresh inputs each call: a chain must never keep stale data
         x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
-        assert rel_error(model(x), session.run(None, {"input": x})[0]) < 1e-4
+        expected = session.run(None, {"input": x})[0]
+        y = model(x)
+        assert rel_error(y, expected) < 1e-4
+        assert (model.last_stats.batch, model.last_stats.bucket) == (n, model.bucket_for(n))
+        answers.append((y, y.copy()))
+    for y, kept in answers:  # each answer its own array: later calls changed none
+        np.testing.assert_array_equal(y, kept)
     for n in (1, 4):
         chains = [s for s in segments_of(model, n) if isinstance(s, Chain | LaneChain)]
         assert len(chains) == 1
@@ -55,11 +62,12 @@ def test_the_convs_and_pools_run_as_one_chain(net):
         assert "MaxPool" not in ops  # both 2x2 pools fused into their convs (engine.passes)
 
 
-def test_a_kernel_swapped_after_chaining_is_used(net):
+@pytest.mark.parametrize("n", [1, 2])  # one lane chain (the whole pass one call); batch slices
+def test_a_kernel_swapped_after_chaining_is_used(net, n):
     """Swapping a conv's algorithm (here: a deliberately wrong one) rebuilds the chains."""
     model_bytes, session = net
-    model = load_model(model_bytes, batch_sizes=(2,), autotune_mode="off")
-    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    model = load_model(model_bytes, batch_sizes=(n,), autotune_mode="off")
+    x = np.random.default_rng(1).standard_normal((n, 3, 32, 32)).astype(np.float32)
     expected = session.run(None, {"input": x})[0]
     for _ in range(2):
         assert rel_error(model(x), expected) < 1e-4
