@@ -94,11 +94,14 @@ def arg_kinds(args: tuple) -> str:
 
 
 def lane_module(kernels: list, widths: list[int], kinds: list[str]):
-    """A module with ``run(ctrl, sync, lane, parts, job, A, N, S)``: on lane 0 (the engine's
-    thread, ``lead``) the job's body once with ``parts`` lanes; on the others (``serve``,
+    """A module with ``run(ctrl, sync, woken, lane, parts, job, A, N, S)``: on lane 0 (the
+    engine's thread, ``lead``) the job's body once with ``parts`` lanes, after posting it to
+    the lanes spinning now when ``parts`` is 0 (``spin.post``; returns WOKE without running it
+    when that found sleeping lanes, named in ``woken``: the caller wakes their threads and
+    calls again with the posted ``ctrl[PARTS]``; else DONE); on the others (``serve``,
     engine/lanes.py) the body of every job of this chain posted to it, until it has spun
-    ``ctrl[SPINS]`` turns for nothing (returns False: it sleeps) or another chain's job is
-    posted (True). In the body, phase i calls ``kernels[i]`` once on rank 0 when ``widths[i]``
+    ``ctrl[SPINS]`` turns for nothing (returns DONE: it sleeps) or another chain's job is
+    posted (SWITCH). In the body, phase i calls ``kernels[i]`` once on rank 0 when ``widths[i]``
     is 1, else once per share 0..widths[i]-1, shares dealt round-robin to the job's lanes (all
     on rank 0 when it runs alone). Arguments of ``kinds[i]`` (``arg_kinds``) come from the
     tables of array addresses ``A``, their lengths ``N`` and scalars ``S``, share after share,
@@ -127,17 +130,24 @@ def lane_module(kernels: list, widths: list[int], kinds: list[str]):
         arrays, scalars = arrays + per_array * width, scalars + per_scalar * width
     source = [
         f"# spin {SPIN_HASH}",
-        "from engine.spin import BUSY, GO, JOB, PARTS, SLEEP, SPIN, SPINS, STRIDE, WAKING",
-        "from engine.spin import barrier, load, store, swap",
+        "from engine.spin import BUSY, DONE, GO, JOB, PARTS, SLEEP, SPIN, SPINS, STRIDE",
+        "from engine.spin import SWITCH, WAKING, WOKE",
+        "from engine.spin import barrier, load, post, store, swap",
         "from engine.spin import f32_at as f_at, i64_at as i_at",
         *_imports(kernels),
         "",
         "",
         "@numba.njit(nogil=True, cache=True)",
-        "def run(ctrl, sync, lane, parts, job, A, N, S):",
+        "def run(ctrl, sync, woken, lane, parts, job, A, N, S):",
         "    at = lane * STRIDE",
         "    if lane:",
         "        swap(ctrl, at, WAKING, SPIN)  # woken by a post: spinning from now on",
+        "    else:",
+        "        if parts == 0:  # post it (one compiled call: Python here runs cache-cold)",
+        "            parts = post(ctrl, sync, woken.size, job, woken)",
+        "            if woken[0]:",
+        "                return WOKE",
+        "        store(ctrl, BUSY, 1)",
         "    rank = 0",
         "    idle = 0",
         "    while True:",
@@ -145,7 +155,7 @@ def lane_module(kernels: list, widths: list[int], kinds: list[str]):
         "            state = load(ctrl, at)",
         "            if state == GO:",
         "                if load(ctrl, JOB) != job:",
-        "                    return True  # another chain's job",
+        "                    return SWITCH  # another chain's job",
         "                rank, parts = load(ctrl, at + 1), load(ctrl, PARTS)",
         "            elif state != SPIN:  # being given a job (CLAIMED)",
         "                continue",
@@ -156,13 +166,14 @@ def lane_module(kernels: list, widths: list[int], kinds: list[str]):
         "                idle += 1",
         "                continue",
         "            elif swap(ctrl, at, SPIN, SLEEP):",
-        "                return False",
+        "                return DONE",
         "            else:",
         "                continue",
         *lines,
         "        barrier(sync, rank, parts)",
         "        if not lane:",
-        "            return False",
+        "            store(ctrl, BUSY, 0)",
+        "            return DONE",
         "        store(ctrl, at, SPIN)",
         "        idle = 0",
     ]
@@ -184,7 +195,7 @@ def compiled_body(module, words: np.ndarray, tables: tuple):
     which may be a client's request."""
     numba = jit.compiler().numba
     i64, word = numba.int64, numba.typeof(words)
-    module.run.compile((word, word, i64, i64, i64, *(numba.typeof(t) for t in tables)))
+    module.run.compile((word, word, word, i64, i64, i64, *(numba.typeof(t) for t in tables)))
     return module.run
 
 
@@ -208,7 +219,7 @@ class Chain:
         log.info("chain of %d kernels ready in %.2f s", len(calls), time.perf_counter() - started)
 
     def call(self) -> None:
-        self.function(self.words, self.words, 0, 1, 0, *self.tables)
+        self.function(self.words, self.words, self.words, 0, 1, 0, *self.tables)
 
 
 class LaneChain:
@@ -236,16 +247,18 @@ class LaneChain:
     def call(self) -> None:
         self.lanes.run(self)
 
-    def lead(self, parts: int) -> None:
-        """The body on this thread as rank 0 of ``parts`` lanes."""
+    def lead(self, parts: int) -> int:
+        """The body on this thread as rank 0 of ``parts`` lanes, or with 0: posted first to
+        the lanes spinning now (``lane_module``: WOKE or DONE)."""
         lanes = self.lanes
-        self.function(lanes.ctrl, lanes.sync, 0, parts, self.job, *self.tables)
+        return self.function(lanes.ctrl, lanes.sync, lanes.woken, 0, parts, self.job, *self.tables)
 
     def serve(self, lane: int) -> bool:
         """Run posted jobs of this chain on ``lane`` until it sleeps (False) or another
         chain's job is posted (True)."""
         lanes = self.lanes
-        return self.function(lanes.ctrl, lanes.sync, lane, 0, self.job, *self.tables)
+        args = (lanes.ctrl, lanes.sync, lanes.woken, lane, 0, self.job, *self.tables)
+        return self.function(*args) == lanes.spin.SWITCH
 
 
 def segments(plan) -> list:

@@ -119,17 +119,14 @@ class Lanes:
         """``chain``'s body on this thread (rank 0) and the lanes spinning now; returns when
         all are done. Sleeping lanes are woken for the next call."""
         with self.lock:
-            self.idle()  # compiled before any lane can need it
-            parts = self.spin.post(self.ctrl, self.sync, self.count, chain.job, self.woken)
-            if self.woken[0]:
+            if self._idle is None:
+                self.idle()  # compiled before any lane can need it
+            # the post, the job and ctrl[BUSY] around it in one compiled call
+            if chain.lead(0) == self.spin.WOKE:  # it found sleeping lanes, and ran nothing
                 for lane in np.flatnonzero(self.woken[1:]) + 1:
                     self.events[lane].set()
-            # lanes woken now spin through this job (it may outlast SPIN_S) for the next one
-            self.ctrl[self.spin.BUSY] = 1
-            try:
-                chain.lead(parts)
-            finally:
-                self.ctrl[self.spin.BUSY] = 0
+                # lanes woken now spin through this job (it may outlast SPIN_S) for the next
+                chain.lead(int(self.ctrl[self.spin.PARTS]))
 
     def idle(self):
         """The chain of no steps: what a woken lane serves until a job comes."""

@@ -29,6 +29,9 @@ SLEEP, WAKING, SPIN, CLAIMED, GO = 0, 1, 2, 3, 4
 #: lane does not count its turns then: woken by a post it could not join, it stays for the next
 #: one however long this job runs alone) (lane 0 is the caller: no state word)
 JOB, PARTS, SPINS, BUSY = 0, 1, 2, 3
+#: what a lane chain's body returns (engine/chain.py): the job done or the lane going to sleep;
+#: another chain's job posted to a serving lane; a post that found sleeping lanes (nothing run)
+DONE, SWITCH, WOKE = 0, 1, 2
 _INT64_ARRAY = types.Array(types.int64, 1, "C")
 
 
