@@ -25,29 +25,70 @@ class _Transform(Masked):
     """Masked vectors plus written-out linear transforms with constant coefficients."""
 
     def combine(self, coefficients, values):
-        """sum(c * v) with constant coefficients: zeros dropped, +-1 as adds/subtracts."""
-        b, total = self.builder, None
-        for c, value in zip(coefficients, values):
-            c = float(c)
-            if c == 0:
-                continue
-            term = (
-                value
-                if abs(c) == 1
-                else b.fmul(value, ir.Constant(self.type, [abs(c)] * self.lanes))
-            )
+        """sum(c * v) with constant coefficients: zeros dropped, +-1 as adds/subtracts, a
+        positive term first, a factor common to every term applied once."""
+        b = self.builder
+        terms = [(float(c), v) for c, v in zip(coefficients, values) if c]
+        if not terms:
+            return self.zero
+        scale = abs(terms[0][0])
+        if len(terms) > 1 and scale != 1 and all(abs(c) == scale for c, _ in terms):
+            inner = self.combine([c / scale for c, _ in terms], [v for _, v in terms])
+            return b.fmul(inner, self._constant(scale))
+        terms.sort(key=lambda term: term[0] < 0)  # positives first (a stable sort)
+        total = None
+        for c, value in terms:
+            term = value if abs(c) == 1 else b.fmul(value, self._constant(abs(c)))
             if total is None:
                 total = term if c > 0 else b.fneg(term)
             else:
                 total = b.fadd(total, term) if c > 0 else b.fsub(total, term)
-        return total if total is not None else self.zero
+        return total
+
+    def _constant(self, value: float):
+        return ir.Constant(self.type, [value] * self.lanes)
+
+    def apply(self, matrix: np.ndarray, values: list) -> list:
+        """matrix . values (a vector of vectors), with the sums sharing work where the matrix
+        lets them: two columns that every row weighs alike or oppositely (A^T's pairs of
+        points +-p) are added and subtracted once, and two rows that are one part plus and
+        minus another (B^T's even and odd parts) compute each part once. F(4x4)'s input
+        transform: 19 vector operations per row of the tile instead of 28 (before LLVM fuses
+        multiplies into adds), its output transform 13 instead of 20."""
+        b, matrix, values = self.builder, np.array(matrix, np.float64), list(values)
+        rows, cols = matrix.shape
+        paired: set[int] = set()
+        for p in range(cols):
+            for q in range(p + 1, cols):
+                cp, cq = matrix[:, p].copy(), matrix[:, q].copy()
+                shared = np.count_nonzero(cp)  # rows that would each save an operation
+                if p in paired or q in paired or shared < 3 or (np.abs(cp) != np.abs(cq)).any():
+                    continue
+                values[p], values[q] = b.fadd(values[p], values[q]), b.fsub(values[p], values[q])
+                matrix[:, p], matrix[:, q] = (cp + cq) / 2, (cp - cq) / 2
+                paired |= {p, q}
+        out: list = [None] * rows
+        for i in range(rows):
+            for j in range(i + 1, rows):
+                even, odd = (matrix[i] + matrix[j]) / 2, (matrix[i] - matrix[j]) / 2
+                ne, no = np.count_nonzero(even), np.count_nonzero(odd)
+                if (
+                    out[i] is None
+                    and out[j] is None
+                    and ne
+                    and no
+                    and ne + no > 2
+                    and not (even * odd).any()
+                ):  # disjoint parts: computed once each, then added and subtracted
+                    e, o = self.combine(even, values), self.combine(odd, values)
+                    out[i], out[j] = b.fadd(e, o), b.fsub(e, o)
+        return [self.combine(matrix[i], values) if v is None else v for i, v in enumerate(out)]
 
     def two_sided(self, matrix: np.ndarray, d: list[list]) -> list[list]:
         """matrix . d . matrix^T on a square grid of vectors."""
         rows, cols = matrix.shape
-        left = [[self.combine(matrix[i], [d[k][j] for k in range(cols)]) for j in range(cols)]
-                for i in range(rows)]  # fmt: skip
-        return [[self.combine(matrix[j], left[i]) for j in range(rows)] for i in range(rows)]
+        columns = [self.apply(matrix, [d[k][j] for k in range(cols)]) for j in range(cols)]
+        return [self.apply(matrix, [columns[j][i] for j in range(cols)]) for i in range(rows)]
 
 
 def input_tile(bt: np.ndarray, lanes: int):
