@@ -16,25 +16,34 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-#: seconds of timed calls per function per round (after its one untimed call)
+#: seconds of timed calls per function per round (after its untimed ones)
 BLOCK_S = 0.25
+#: seconds of untimed calls that open each block: onnxruntime's intra-op thread spins ~40 ms
+#: after its last run (4 ticks of CPU time in the half second after it, counted from
+#: /proc/self/task), so one untimed call of a 0.2-2 ms pass left the next runner's first
+#: ~40 ms short of a core
+SETTLE_S = 0.06
 
 
 def interleaved_medians(fns: dict, min_time_s: float, max_rounds: int) -> dict[str, float]:
     """Median seconds per call of each function, timed in rounds so that load from other
-    processes falls on all of them alike. In each round every function runs as a block: one
-    untimed call, then timed calls for about BLOCK_S. The untimed call absorbs what the previous
-    block left running: OpenBLAS, OpenMP (PyTorch) and onnxruntime keep their worker threads
-    spinning for a while after a call, and on a small machine those spinners took the cores
-    from whichever runner came next (timed call by call, onnxruntime lost up to half its speed
-    after a BLAS-threaded engine call). After one warm-up round, at least three rounds, then
-    until ``min_time_s`` per function or ``max_rounds``."""
+    processes falls on all of them alike. In each round every function runs as a block:
+    untimed calls for SETTLE_S (at least one), then timed calls for about BLOCK_S. The untimed
+    calls absorb what the previous block left running: OpenBLAS, OpenMP (PyTorch) and
+    onnxruntime keep their worker threads spinning for a while after a call, and on a small
+    machine those spinners took the cores from whichever runner came next (timed call by
+    call, onnxruntime lost up to half its speed after a BLAS-threaded engine call). After one
+    warm-up round, at least three rounds, then until ``min_time_s`` per function or
+    ``max_rounds``."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_index in range(max_rounds):
         for name, fn in fns.items():
+            settled = time.perf_counter() + SETTLE_S
             fn()
+            while time.perf_counter() < settled:
+                fn()
             block_end = time.perf_counter() + BLOCK_S
             while True:
                 start = time.perf_counter()
